@@ -1,0 +1,32 @@
+"""``python -m samdemo <command>``: one entry point for the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> module exposing configure_parser(parser) and run(args) -> exit code
+COMMANDS = {
+    "train-base": "samdemo.train_base",
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m samdemo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        modules[name] = module
+        module.configure_parser(sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        return modules[args.command].run(args)
+    except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Model registry: a model name -> how to build its architecture and where its weights live.
+
+Architectures are data (YAML in ``samdemo/configs`` or the sam2 package's own configs);
+this module only turns a spec into an ``nn.Module`` with weights. Weights are read from
+``checkpoints/`` when present, else fetched with huggingface_hub. Pickled checkpoints are
+always read with ``torch.load(..., weights_only=True)``; our own weights are safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import samdemo  # noqa: F401  (torchvision compatibility before segment_anything / sam2)
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_DIR = Path(os.environ.get("SAMDEMO_CHECKPOINTS", REPO_ROOT / "checkpoints"))
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# Public mirror of Meta's original SAM v1 .pth files; override to use another copy.
+SAM_V1_HUB_REPO = os.environ.get("SAMDEMO_SAM_HUB_REPO", "ybelkada/segment-anything")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights of a model cannot be found locally nor downloaded. The message says how to get them."""
+
+
+@dataclass(frozen=True)
+class HubFile:
+    repo_id: str
+    filename: str
+    revision: str | None = None  # a commit hash pins the download; None means the repo's main
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # "sam" (segment_anything) or "sam2"
+    config: Path  # architecture YAML
+    local_file: str | None  # file name looked up in CHECKPOINT_DIR first
+    hub: HubFile | None  # where to download it from when it is not local
+    download_mb: int  # approximate size of the weights, shown in the UI
+    description: str
+
+
+def _sam2_config(name: str) -> Path:
+    import sam2
+
+    return Path(sam2.__path__[0]) / "configs" / name
+
+
+def _registry() -> dict[str, ModelSpec]:
+    specs = [
+        ModelSpec("sam-small", "sam", CONFIG_DIR / "sam_small.yaml", "sam-small/model.safetensors", None, 31,
+                  "Embedded small SAM v1 (ViT, 256 px), trained by samdemo on procedural scenes"),
+        ModelSpec("sam2-small", "sam2", CONFIG_DIR / "sam2_small.yaml", "sam2-small/model.safetensors", None, 30,
+                  "Embedded small SAM 2 (Hiera, 256 px), trained by samdemo on procedural scenes"),
+    ]
+    for size, file, mb in [("b", "sam_vit_b_01ec64.pth", 375), ("l", "sam_vit_l_0b3195.pth", 1250),
+                           ("h", "sam_vit_h_4b8939.pth", 2560)]:
+        specs.append(ModelSpec(f"sam-vit-{size}", "sam", CONFIG_DIR / f"sam_vit_{size}.yaml", file,
+                               HubFile(SAM_V1_HUB_REPO, f"checkpoints/{file}"), mb,
+                               f"SAM ViT-{size.upper()} (Meta, original weights)"))
+    for version, folder in [("2", "sam2"), ("2.1", "sam2.1")]:
+        for size, short, mb in [("tiny", "t", 156), ("small", "s", 184), ("base-plus", "b+", 324), ("large", "l", 898)]:
+            file = f"{folder.replace('.', '.')}_hiera_{size.replace('-', '_')}.pt"
+            specs.append(ModelSpec(f"sam{version}-hiera-{size}", "sam2", _sam2_config(f"{folder}/{folder}_hiera_{short}.yaml"),
+                                   file, HubFile(f"facebook/sam{version}-hiera-{size}", file), mb,
+                                   f"SAM {version} Hiera-{size} (Meta)"))
+    return {spec.name: spec for spec in specs}
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = _registry()
+DEFAULT_MODEL = "sam-small"
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODEL_REGISTRY:
+        raise ModelUnavailableError(f"Unknown model {name!r}. Known models: {', '.join(MODEL_REGISTRY)}.")
+    return MODEL_REGISTRY[name]
+
+
+def build_architecture(config: Path | str) -> tuple[torch.nn.Module, str]:
+    """Random-init model from an architecture YAML. Returns (model, family)."""
+    cfg = OmegaConf.load(config)
+    family = cfg.get("family", "sam2")  # the sam2 package's own configs carry no family key
+    if family == "sam":
+        return _build_sam_v1(cfg), "sam"
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.model, _recursive_=True), "sam2"
+
+
+def _build_sam_v1(cfg) -> torch.nn.Module:
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    enc, dec, image_size, patch = cfg.encoder, cfg.decoder, cfg.image_size, 16
+    dim = enc.out_chans  # SAM ties encoder out_chans = prompt embedding dim = decoder width
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=image_size, patch_size=patch, embed_dim=enc.embed_dim, depth=enc.depth,
+            num_heads=enc.num_heads, mlp_ratio=4, out_chans=dim, qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+            window_size=enc.window_size, global_attn_indexes=tuple(enc.global_attn_indexes),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim, image_embedding_size=(image_size // patch, image_size // patch),
+            input_image_size=(image_size, image_size), mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=dec.transformer_depth, embedding_dim=dim,
+                                          mlp_dim=dec.mlp_dim, num_heads=dec.num_heads),
+            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=dec.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from safetensors, or from a .pt/.pth with ``weights_only=True`` (no code runs)."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle payloads and corrupt files both end here
+        raise ModelUnavailableError(
+            f"{path} is not a plain tensor checkpoint (refused by torch.load(weights_only=True): "
+            f"{type(error).__name__}). Only trusted weight files can be loaded."
+        ) from None
+    return state["model"] if isinstance(state, dict) and "model" in state else state
+
+
+def locate_weights(spec: ModelSpec) -> Path:
+    """Local file in CHECKPOINT_DIR, else the Hub download (cached by huggingface_hub)."""
+    local = CHECKPOINT_DIR / spec.local_file if spec.local_file else None
+    if local is not None and local.exists():
+        return local
+    if spec.hub is None:
+        raise ModelUnavailableError(f"Model {spec.name!r}: weights file {local} is missing from this checkout.")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(spec.hub.repo_id, spec.hub.filename, revision=spec.hub.revision))
+    except Exception as error:
+        raise ModelUnavailableError(
+            f"Model {spec.name!r} needs {spec.hub.filename} from the Hugging Face Hub repo {spec.hub.repo_id} "
+            f"(about {spec.download_mb} MB) and could not get it ({type(error).__name__}). Connect to the "
+            f"internet once, or put the file at {local}."
+        ) from None
+
+
+def load_model(name: str, device: str | torch.device | None = None, random_init: bool = False) -> "torch.nn.Module":
+    """Build model ``name`` with its weights (or random weights), in eval mode on ``device``."""
+    spec = get_spec(name)
+    model, _ = build_architecture(spec.config)
+    if not random_init:
+        state = read_state_dict(locate_weights(spec))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelUnavailableError(
+                f"Weights for {name!r} do not fit its architecture: {len(missing)} missing keys "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
+            )
+    return model.to(device or default_device()).eval()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
