@@ -183,6 +183,7 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
         schedule.load_state_dict(state["schedule"])
         step = int(state["step"])
         log = json.loads((run_dir / "log.json").read_text())
+        log.setdefault("resumed", []).append({"step": step, "config": asdict(cfg)})  # e.g. a longer schedule
     shutil.copy(cfg.arch_path(), run_dir / "config.yaml")
 
     def save():
