@@ -1,13 +1,172 @@
-"""samdemo web app (placeholder until the app issue lands): `python app.py`."""
+"""samdemo web app: `python app.py [--host H] [--port P] [--share] [--model NAME]`.
 
+Only the layout and the wiring of components to handlers live here; every handler is in
+``samdemo/app_logic.py`` (testable without a browser).
+"""
+
+from __future__ import annotations
+
+import argparse
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-with gr.Blocks(title="samdemo") as demo:
-    gr.Markdown("# samdemo\nAdversarial robustness lab for Segment Anything. The app is being built.")
+from samdemo import app_logic as L  # noqa: E402
+from samdemo.build import DEFAULT_MODEL  # noqa: E402
+
+CSS = """
+.panel img {object-fit: contain}
+#status {min-height: 3.2em}
+"""
+HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 1}  # attacks, transfer matrices, model loads
+LIGHT = {"concurrency_id": "light", "concurrency_limit": 2}  # clicks (the image embedding is cached)
+
+
+def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> gr.Blocks:
+    lab = lab or L.Lab()
+    with gr.Blocks(title="samdemo · adversarial SAM lab", delete_cache=(1800, 3600)) as demo:
+        session = gr.State(L.Session(), time_to_live=6 * 3600)  # per user; dropped after 6 idle hours
+        gr.Markdown(L.INTRO_MD)
+        with gr.Row():
+            # ------------------------------------------------------------ image and prompts
+            with gr.Column(scale=3):
+                with gr.Tabs(selected="click") as tabs:
+                    with gr.Tab("Click prompts", id="click"):
+                        canvas = gr.Image(label="Image: upload, paste, or pick an example; then click to prompt",
+                                          sources=["upload", "clipboard"], type="numpy", format="png", height=520,
+                                          elem_id="canvas")
+                    with gr.Tab("Paint a mask", id="paint"):
+                        editor = gr.ImageEditor(label="Paint over the object", type="numpy", sources=(),
+                                                transforms=(), layers=False, height=520, elem_id="editor",
+                                                brush=gr.Brush(colors=["#00e5e5"], color_mode="fixed", default_size=20))
+                        with gr.Row():
+                            paint_prompt_btn = gr.Button("Use as mask prompt", elem_id="paint-prompt")
+                            paint_gt_btn = gr.Button("Use as ground truth", elem_id="paint-gt")
+                with gr.Row():
+                    mode = gr.Radio(L.PROMPT_MODES, value=L.MODE_POSITIVE, label="Prompt mode", scale=4,
+                                    elem_id="mode")
+                    undo_btn = gr.Button("↶ Undo", scale=1, elem_id="undo")
+                    clear_btn = gr.Button("✕ Clear all", scale=1, elem_id="clear")
+                status = gr.Markdown("Upload or paste an image, or pick an example below.", elem_id="status")
+                gr.Markdown(L.PROMPT_HELP_MD)
+                gallery = gr.Gallery([(str(e.path), e.caption) for e in lab.examples], label="Examples (click one)",
+                                     columns=6, height=210, allow_preview=False, object_fit="cover",
+                                     elem_id="examples", interactive=False)
+            # ------------------------------------------------------------ models and attack
+            with gr.Column(scale=2):
+                model = gr.Dropdown(L.model_choices(), value=default_model, label="Model", elem_id="model")
+                model_info = gr.Markdown(elem_id="model-info")
+                with gr.Group():
+                    adapter_kind = gr.Radio(L.ADAPTER_CHOICES, value=L.ADAPTER_SHIPPED,
+                                            label="Defence: singular-value adapter (the robust model)")
+                    with gr.Row(visible=False) as hub_row:
+                        hub_repo = gr.Textbox(label="Hub repo id", placeholder="owner/name", scale=3)
+                        hub_rev = gr.Textbox(label="Revision", placeholder="main or a commit hash", scale=2)
+                        hub_btn = gr.Button("Load", scale=1)
+                adapter_info = gr.Markdown(elem_id="adapter-info")
+                with gr.Accordion("Adapter singular values", open=False):
+                    sv_plot = gr.Plot(show_label=False)
+                with gr.Group():
+                    attack = gr.Dropdown(L.ATTACK_CHOICES, value="mask", label="Attack", elem_id="attack")
+                    generator = gr.Radio(L.GENERATOR_CHOICES, value="pgd", label="Generator")
+                    with gr.Row():
+                        eps = gr.Slider(1, 32, value=8, step=1, label="ε (in /255)", elem_id="eps")
+                        steps = gr.Slider(1, 100, value=10, step=1, label="Steps", elem_id="steps")
+                    with gr.Row():
+                        seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        target = gr.Radio(L.TARGET_CHOICES, value=L.TARGET_ORIGINAL, label="Craft the attack on")
+                    with gr.Row():
+                        run_btn = gr.Button("Run attack", variant="primary", elem_id="run")
+                        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                gr.Markdown(L.ATTACK_HELP_MD)
+        # ---------------------------------------------------------------- results
+        gr.Markdown("## Results")
+        timings = gr.Markdown(elem_id="timings")
+        panel_args = dict(type="numpy", format="png", interactive=False, height=330, elem_classes=["panel"])
+        with gr.Row():
+            orig_clean = gr.Image(label="Original model · clean input", elem_id="panel-orig-clean", **panel_args)
+            orig_adv = gr.Image(label="Original model · adversarial input", elem_id="panel-orig-adv", **panel_args)
+        with gr.Row():
+            rob_clean = gr.Image(label="Robust model · clean input", elem_id="panel-rob-clean", **panel_args)
+            rob_adv = gr.Image(label="Robust model · adversarial input", elem_id="panel-rob-adv", **panel_args)
+        table = gr.Dataframe(headers=L.TABLE_HEADERS, label="IoU per model and input", interactive=False,
+                             elem_id="results-table")
+        with gr.Row():
+            with gr.Column():
+                perturbation = gr.Image(label="Perturbation (amplified)", elem_id="perturbation", **panel_args)
+                perturbation_caption = gr.Markdown()
+            with gr.Column():
+                adv_file = gr.File(label="Adversarial image (lossless PNG)", elem_id="adv-file")
+                transfer_btn = gr.Button("Compute the transfer matrix across prompt types (6 attacks)",
+                                         elem_id="transfer")
+                transfer_plot = gr.Plot(label="Transfer matrix", elem_id="transfer-plot")
+                transfer_md = gr.Markdown()
+
+        # hidden inputs of API-only endpoints (clicks and examples by number)
+        api_x = gr.Number(visible=False)
+        api_y = gr.Number(visible=False)
+        api_index = gr.Number(visible=False, precision=0)
+        api_click_btn = gr.Button(visible=False)
+        api_example_btn = gr.Button(visible=False)
+
+        # ---------------------------------------------------------------- wiring
+        prompt_out = [session, canvas, status]
+        image_out = [session, canvas, editor, status]
+        canvas.input(lab.on_upload, [session, canvas, model], image_out, api_name="set_image", **LIGHT)
+        gallery.select(lab.on_example, [session, model], image_out, api_visibility="private", **LIGHT)
+        api_example_btn.click(lab.on_example_index, [session, model, api_index], image_out, api_name="load_example",
+                              **LIGHT)
+        canvas.select(lab.on_select, [session, mode, model], prompt_out, api_visibility="private",
+                      show_progress="minimal", **LIGHT)
+        api_click_btn.click(lab.on_click, [session, mode, model, api_x, api_y], prompt_out, api_name="click", **LIGHT)
+        undo_btn.click(lab.on_undo, [session, model], prompt_out, api_name="undo", **LIGHT)
+        clear_btn.click(lab.on_clear, [session, model], prompt_out, api_name="clear", **LIGHT)
+        paint_prompt_btn.click(lab.on_paint_prompt, [session, editor, model], prompt_out, api_name="paint_prompt",
+                               **LIGHT)
+        paint_gt_btn.click(lab.on_paint_ground_truth, [session, editor, model], prompt_out,
+                           api_name="paint_ground_truth", **LIGHT)
+        mode.change(lab.on_mode, mode, tabs, api_visibility="private", queue=False)
+
+        model_inputs = [model, adapter_kind, hub_repo, hub_rev]
+        model.change(lab.on_model, model_inputs, [model_info, adapter_info, sv_plot], api_name="load_model",
+                     **HEAVY).then(lab.on_refresh, [session, model], prompt_out, api_visibility="private", **LIGHT)
+        adapter_kind.change(lab.on_adapter_kind, adapter_kind, hub_row, api_visibility="private", queue=False)
+        adapter_kind.change(lab.on_adapter, model_inputs, [adapter_info, sv_plot], api_visibility="private", **HEAVY)
+        hub_btn.click(lab.on_adapter, model_inputs, [adapter_info, sv_plot], api_name="load_adapter", **HEAVY)
+        demo.load(lab.on_model, model_inputs, [model_info, adapter_info, sv_plot], api_visibility="private", **HEAVY)
+
+        attack_inputs = [session, *model_inputs, attack, generator, eps, steps, seed, target]
+        attack_event = run_btn.click(
+            lab.on_attack, attack_inputs,
+            [orig_clean, orig_adv, rob_clean, rob_adv, table, perturbation, perturbation_caption, adv_file, timings],
+            api_name="attack", scroll_to_output=True, **HEAVY)
+        transfer_event = transfer_btn.click(lab.on_transfer, attack_inputs, [transfer_plot, transfer_md],
+                                            api_name="transfer", **HEAVY)
+        cancel_btn.click(lab.on_cancel, None, timings, api_name="cancel", queue=False,
+                         cancels=[attack_event, transfer_event])
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, or "
+                        "$GRADIO_SERVER_NAME, e.g. 0.0.0.0 on Hugging Face Spaces)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=L.APP_MODELS, help="model selected at start")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    lab = L.Lab()
+    lab.preload(args.model)
+    build_demo(lab, args.model).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                       theme=gr.themes.Soft(), css=CSS)
+
 
 if __name__ == "__main__":
-    demo.launch()
+    main()

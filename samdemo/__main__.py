@@ -9,6 +9,9 @@ import sys
 # command -> module exposing configure_parser(parser) and run(args) -> exit code
 COMMANDS = {
     "train-base": "samdemo.train_base",
+    "attack": "samdemo.attacks.cli",
+    "push-adapter": "samdemo.hub",
+    "train-adapter": "samdemo.train_adapter",
 }
 
 

@@ -1,0 +1,125 @@
+"""Held-out quality and CPU speed of the embedded models.
+
+    python benchmarks/model_quality.py --scenes 500 --out benchmarks/results/model_quality.json
+
+For each model: mIoU against ground truth on held-out procedural scenes (seeds never used in
+training) per prompt type (center-most point with SAM's pick, best of its three masks, tight
+box, the mask itself), and the median time of an image embedding and of prompt -> mask at
+``--threads`` CPU threads. With ``--figure`` also draws held-out predictions per prompt type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from samdemo.build import CHECKPOINT_DIR, get_spec  # noqa: E402
+from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
+from samdemo.prompts import prompts_from_mask  # noqa: E402
+from samdemo.quality import prompt_quality  # noqa: E402
+from samdemo.scenes import heldout_scenes  # noqa: E402
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 2)
+
+
+@torch.no_grad()
+def timings(engine: SegmentEngine, scene, repeats: int) -> dict:
+    image = image_to_tensor(scene.image)
+    features = engine.embed(image)
+    prompt = [prompts_from_mask(scene.masks[0])["point"]]
+    return {"embed_ms": median_ms(lambda: engine.embed(image), repeats),
+            "prompt_to_mask_ms": median_ms(lambda: engine.decode(features, prompt), repeats)}
+
+
+def overlay_figure(engines: dict[str, SegmentEngine], scenes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = ("point", "box", "mask")
+    fig, axes = plt.subplots(len(scenes) * len(engines), 4, figsize=(12, 3 * len(scenes) * len(engines)))
+    row = 0
+    for name, engine in engines.items():
+        for scene in scenes:
+            gt = scene.masks[int(np.argmax(scene.masks.sum((1, 2))))]
+            prompts = prompts_from_mask(gt)
+            axes[row, 0].imshow(scene.image)
+            axes[row, 0].contour(gt, levels=[0.5], colors="lime", linewidths=1)
+            axes[row, 0].set_title(f"{name}: ground truth", fontsize=9)
+            for col, kind in enumerate(kinds, start=1):
+                mask = engine.predict(scene.image, [prompts[kind]]).masks[0].numpy()
+                iou = (mask & gt).sum() / max((mask | gt).sum(), 1)
+                ax = axes[row, col]
+                ax.imshow(scene.image)
+                ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.5)
+                prompt = prompts[kind]
+                if kind == "point":
+                    ax.plot(*prompt.points[0], "c*", markersize=12)
+                if kind == "box":
+                    x0, y0, x1, y1 = prompt.box
+                    ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], "c-")
+                ax.set_title(f"{kind} prompt: IoU {iou:.2f}", fontsize=9)
+            for ax in axes[row]:
+                ax.axis("off")
+            row += 1
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="sam-small,sam2-small")
+    parser.add_argument("--scenes", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_quality.json"))
+    parser.add_argument("--figure", type=Path, default=None, help="PNG of held-out predictions per prompt type")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = {"command": " ".join(["python", "benchmarks/model_quality.py"] + (argv or sys.argv[1:])),
+               "scenes": args.scenes, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "models": {}}
+    engines = {}
+    for name in args.models.split(","):
+        engine = SegmentEngine.from_name(name, device="cpu")
+        engines[name] = engine
+        weights = CHECKPOINT_DIR / get_spec(name).local_file
+        scenes = heldout_scenes(args.scenes, size=engine.image_size)
+        start = time.time()
+        quality = prompt_quality(engine, scenes)
+        results["models"][name] = {
+            "miou": {k: round(v, 4) for k, v in quality.items() if k != "instances"},
+            "instances": quality["instances"], "eval_seconds": round(time.time() - start, 1),
+            "parameters": sum(p.numel() for p in engine.model.parameters()),
+            "weights_mb": round(weights.stat().st_size / 2**20, 1),
+            **timings(engine, scenes[0], args.repeats)}
+        print(name, json.dumps(results["models"][name]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    if args.figure:
+        overlay_figure(engines, heldout_scenes(3, size=256), args.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Threat model, result type and the shared attack loop (torchattacks style).
+
+Threat model: L-infinity on pixels in [0, 1]. An attack returns ``x_adv`` with
+``|x_adv - x| <= eps`` elementwise and ``x_adv`` in [0, 1], on the 8-bit grid (every value is
+``k / 255``): what a user downloads is a PNG, so the bound must hold *after* quantisation.
+:func:`quantize_project` rounds to the grid and re-projects in integer levels, so that for an
+8-bit input the bound holds exactly in the PNG's integers (|k_adv - k| <= floor(255 eps)).
+
+Every attack is a small subclass of :class:`Attack` that defines how to *prepare* (clean
+features, prompts, key channels...) and which scalar *loss* to maximise; :meth:`Attack.forward`
+runs the loop: random start, one encoder forward + backward per step, a noise-generator update
+(``generators.py``), projection, progress callback and cancellation check.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samdemo.attacks.generators import NoiseGenerator, make_generator, project, segpgd_weights
+from samdemo.engine import SegmentEngine
+from samdemo.prompts import Prompt
+
+DEFAULT_EPS = 8 / 255
+EPS_MAX = 32 / 255
+DEFAULT_STEPS = 10
+MAX_STEPS = 1000
+
+ProgressFn = Callable[[int, int], None]
+
+
+class AttackCancelled(RuntimeError):
+    """Raised by :meth:`Attack.forward` when its ``cancel`` event is set; nothing is returned."""
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+def validate_eps(eps) -> float:
+    """``eps`` in [0, 1] pixel units, 0 <= eps <= 32/255; raises ValueError with a clear message."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise ValueError(f"eps must be a number in [0, 32/255] (pixel units in [0, 1]); got {eps!r}.")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0 or eps > EPS_MAX + 1e-12:
+        hint = f" Did you mean {eps:g}/255 = {eps / 255:.4f}?" if 1 <= eps <= 32 else ""
+        raise ValueError(f"eps must be between 0 and 32/255 = {EPS_MAX:.4f} (pixel units in [0, 1]); "
+                         f"got {eps:g}.{hint}")
+    return min(eps, EPS_MAX)
+
+
+def validate_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= int(steps) <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer between 1 and {MAX_STEPS}; got {steps!r}.")
+    return int(steps)
+
+
+def validate_step_size(step_size, eps: float, steps: int) -> float:
+    """Default 2.5 * eps / steps (Madry et al. 2018): the sign steps can travel 2.5 eps in all, i.e.
+    cross the whole 2-eps-wide box from a random start on one face to the opposite face, with
+    slack for the steps that projection wastes."""
+    if step_size is None:
+        return 2.5 * eps / steps
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(float(step_size)) or float(step_size) <= 0 or float(step_size) > 1:
+        raise ValueError(f"step_size must be a number in (0, 1] (pixel units); got {step_size!r}.")
+    return float(step_size)
+
+
+def validate_images(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a B x 3 x H x W tensor in [0, 1]; got {shape}.")
+    images = images.detach().float()
+    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise ValueError("images must be finite and in [0, 1] (divide uint8 images by 255).")
+    return images
+
+
+def as_generator(seed, device: torch.device | str = "cpu") -> torch.Generator:
+    """``seed``: a torch.Generator (used as is, its state advances), an int (a fresh generator per
+    call, so the attack is reproducible bit for bit) or None (nondeterministic)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        generator.manual_seed(int(seed))
+    else:
+        raise ValueError(f"seed must be an int, a torch.Generator or None; got {seed!r}.")
+    return generator
+
+
+# ---------------------------------------------------------------------------------------------
+# quantisation
+# ---------------------------------------------------------------------------------------------
+LEVEL_TOLERANCE = 2e-5  # in 8-bit levels: absorbs float32's representation error of k/255 (< 8e-6 levels)
+
+
+def quantize_project(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """Round ``adv`` to the 8-bit grid (k/255) inside ``[clean - eps, clean + eps] ∩ [0, 1]``.
+
+    Works in integer levels, in float64: the rounded level q is clamped to
+    ``[ceil(255 (x - eps) - tol), floor(255 (x + eps) + tol)] ∩ [0, 255]`` with tol = 2e-5 levels.
+    For an 8-bit input x = k/255 this is *exactly* ``|q - k| <= floor(255 eps)``: the bound holds
+    in the PNG's integers. In float, ``|adv - x| <= eps`` then holds up to float32's representation
+    error of k/255 (< 2e-7), far below one level (3.9e-3). Where the box holds no grid value
+    (only possible when eps < 1/255 and x is not 8-bit) the clean value is kept. Returns float32.
+    """
+    clean64 = clean.detach().double()
+    q = torch.round(adv.detach().double().clamp(0, 1) * 255)
+    q_lo = torch.ceil((clean64 - eps) * 255 - LEVEL_TOLERANCE).clamp(0, 255)
+    q_hi = torch.floor((clean64 + eps) * 255 + LEVEL_TOLERANCE).clamp(0, 255)
+    out = (torch.minimum(torch.maximum(q, q_lo), q_hi) / 255).float()
+    return torch.where(q_lo > q_hi, clean.detach().float(), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# results and losses shared by the attacks
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class AttackResult:
+    """adv_images: B x 3 x H x W float32, every value k/255 and within eps of the input.
+    perturbation: adv_images - images. losses: the objective (maximised) at each step's iterate.
+    seconds: wall time of forward. info: attack-specific details (key channels, pool sizes...)."""
+
+    adv_images: torch.Tensor
+    perturbation: torch.Tensor
+    losses: list[float]
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    def to_uint8(self, index: int = 0) -> np.ndarray:
+        """Image ``index`` as H x W x 3 uint8 (exact: the values are already on the 8-bit grid)."""
+        return (self.adv_images[index] * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    @property
+    def linf(self) -> float:
+        return float(self.perturbation.abs().max()) if self.perturbation.numel() else 0.0
+
+
+@dataclass
+class StepInfo:
+    """What a loss needs to know about the current step: t in 1..T, and whether the noise
+    generator asks for SegPGD pixel weighting of mask losses."""
+
+    t: int
+    total: int
+    pixel_weighting: bool = False
+
+
+def background_bce(logits: torch.Tensor, step: StepInfo | None = None) -> torch.Tensor:
+    """BCE of mask logits against an empty mask, mean over all but the first dim -> P values.
+
+    BCE(l, 0) = softplus(l): its gradient sigmoid(l) vanishes on pixels already pushed to
+    background, so the budget goes to pixels still segmented (MSE towards -10 would keep spending
+    it on pixels that are already background). With SegPGD weighting, pixels not yet fooled
+    (logit > 0) get weight 1 - lambda(t), fooled ones lambda(t).
+    """
+    loss = F.softplus(logits)
+    if step is not None and step.pixel_weighting:
+        loss = loss * segpgd_weights(logits.detach() <= 0, step.t, step.total)
+    return loss.flatten(1).mean(1)
+
+
+def feature_distance(adv: torch.Tensor, clean: torch.Tensor, distance: str = "mse") -> torch.Tensor:
+    """Distance between B x C x h x w feature maps -> B values (to maximise).
+
+    mse: mean squared difference relative to the clean features' mean square (scale-free, so
+    several feature maps can be summed); cosine: mean over positions of 1 - cos(adv, clean)
+    along the channels.
+    """
+    if distance == "mse":
+        energy = clean.square().flatten(1).mean(1).clamp_min(1e-12)
+        return (adv - clean).square().flatten(1).mean(1) / energy
+    if distance == "cosine":
+        return (1 - F.cosine_similarity(adv, clean, dim=1, eps=1e-8)).flatten(1).mean(1)
+    raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
+
+
+def per_image_prompts(prompts, batch: int) -> list[list[Prompt]]:
+    """A list of Prompt (for every image of the batch) or a list of B lists -> B lists."""
+    if prompts is None:
+        raise ValueError("This attack needs the user's prompts: pass prompts=[Prompt, ...].")
+    if isinstance(prompts, Prompt):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("This attack needs at least one prompt.")
+    if all(isinstance(p, Prompt) for p in prompts):
+        return [prompts] * batch
+    if len(prompts) != batch or not all(isinstance(group, (list, tuple)) and group for group in prompts):
+        raise ValueError(f"prompts must be a list of Prompt or one non-empty list per image ({batch}).")
+    return [list(group) for group in prompts]
+
+
+# ---------------------------------------------------------------------------------------------
+# the attack loop
+# ---------------------------------------------------------------------------------------------
+class Attack:
+    """Base class: ``Attack(engine, eps, steps, step_size, generator, random_start, seed)``.
+
+    ``forward(images, prompts=None) -> AttackResult`` (``attack(images)`` works too).
+    ``progress(t, T)`` is called after each step; ``cancel`` (a threading.Event) is checked
+    before each step and raises :class:`AttackCancelled`. Subclasses define :meth:`prepare`
+    (once per call, no gradient to the pixels) and :meth:`loss` (a scalar to *maximise*, the sum
+    over the batch so that every image gets its own gradient).
+    """
+
+    name = "base"
+    uses_prompts = False  # True: crafted with the user's prompts (prompt-specific)
+
+    def __init__(self, engine: SegmentEngine, eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS,
+                 step_size: float | None = None, generator: str | NoiseGenerator = "pgd",
+                 random_start: bool = True, seed: int | torch.Generator | None = None,
+                 progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+        if not isinstance(engine, SegmentEngine):
+            raise ValueError(f"engine must be a SegmentEngine; got {type(engine).__name__}.")
+        self.engine = engine
+        self.eps = validate_eps(eps)
+        self.steps = validate_steps(steps)
+        self.step_size = validate_step_size(step_size, self.eps, self.steps)
+        self.generator = make_generator(generator)
+        self.random_start = bool(random_start)
+        if seed is not None and not isinstance(seed, torch.Generator):
+            as_generator(seed)  # validate now rather than at the first forward
+        self.seed = seed
+        self.progress = progress
+        self.cancel = cancel
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(engine={self.engine.name!r}, eps={self.eps * 255:g}/255, steps={self.steps}, "
+                f"step_size={self.step_size * 255:.3g}/255, generator={self.generator.name!r}, "
+                f"random_start={self.random_start})")
+
+    # -- to override ---------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor, prompts, rng: torch.Generator) -> dict:
+        return {}
+
+    def loss(self, adv: torch.Tensor, state: dict, step: StepInfo, rng: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- the loop --------------------------------------------------------------------------------
+    def __call__(self, images: torch.Tensor, prompts=None) -> AttackResult:
+        return self.forward(images, prompts)
+
+    def schedule(self) -> tuple[int, float, bool]:
+        """(steps, step size, random start) actually run: FGSM is one step of size eps from x."""
+        if self.generator.single_step:
+            return 1, self.eps, self.random_start
+        return self.steps, self.step_size, self.random_start
+
+    def forward(self, images: torch.Tensor, prompts=None) -> AttackResult:
+        start = time.perf_counter()
+        source_device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
+        x = validate_images(images).to(self.engine.device)
+        rng = as_generator(self.seed, "cpu")
+        steps, step_size, random_start = self.schedule()
+        self._check_cancel(0, steps)
+        with torch.no_grad():
+            state = self.prepare(x, prompts, rng)
+        if random_start and self.eps > 0:
+            noise = torch.rand(x.shape, generator=rng, dtype=torch.float32).to(x.device)
+            delta = project((noise * 2 - 1) * self.eps, x, self.eps)
+        else:
+            delta = torch.zeros_like(x)
+        update = self.generator.start(x, self.eps, step_size, steps)
+        losses: list[float] = []
+        for t in range(1, steps + 1):
+            self._check_cancel(t - 1, steps)
+            adv = (x + delta).detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = self.loss(adv, state, StepInfo(t, steps, self.generator.pixel_weighting), rng)
+                (grad,) = torch.autograd.grad(loss, adv)
+            losses.append(float(loss.detach()))
+            delta = project(update.step(delta, grad.detach(), t), x, self.eps)
+            if self.progress is not None:
+                self.progress(t, steps)
+        adv_images = quantize_project(x + delta, x, self.eps)
+        info = {"attack": self.name, "generator": self.generator.name, "steps_run": steps,
+                "step_size": step_size, "random_start": random_start} | state.get("info", {})
+        return AttackResult(adv_images.to(source_device), (adv_images - x).to(source_device), losses,
+                            time.perf_counter() - start, info)
+
+    def _check_cancel(self, done: int, total: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise AttackCancelled(f"{self.name} attack cancelled after {done} of {total} steps.")
