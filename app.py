@@ -21,7 +21,9 @@ CSS = """
 #status {min-height: 3.2em}
 """
 HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 1}  # attacks, transfer matrices, model loads
-LIGHT = {"concurrency_id": "light", "concurrency_limit": 2}  # clicks (the image embedding is cached)
+# Prompt edits run one at a time, in order: each sees the session state the previous one left
+# (so quick successive clicks are all kept); they take milliseconds once the image is embedded.
+LIGHT = {"concurrency_id": "light", "concurrency_limit": 1}
 
 
 def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> gr.Blocks:
@@ -102,7 +104,7 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                 transfer_btn = gr.Button("Compute the transfer matrix across prompt types (6 attacks)",
                                          elem_id="transfer")
                 transfer_plot = gr.Plot(label="Transfer matrix", elem_id="transfer-plot")
-                transfer_md = gr.Markdown()
+                transfer_md = gr.Markdown(elem_id="transfer-md")
 
         # hidden inputs of API-only endpoints (clicks and examples by number)
         api_x = gr.Number(visible=False)
@@ -119,8 +121,9 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
         api_example_btn.click(lab.on_example_index, [session, model, api_index], image_out, api_name="load_example",
                               **LIGHT)
         canvas.select(lab.on_select, [session, mode, model], prompt_out, api_visibility="private",
-                      show_progress="minimal", **LIGHT)
-        api_click_btn.click(lab.on_click, [session, mode, model, api_x, api_y], prompt_out, api_name="click", **LIGHT)
+                      show_progress="minimal", trigger_mode="multiple", **LIGHT)
+        api_click_btn.click(lab.on_click, [session, mode, model, api_x, api_y], prompt_out, api_name="click",
+                            trigger_mode="multiple", **LIGHT)
         undo_btn.click(lab.on_undo, [session, model], prompt_out, api_name="undo", **LIGHT)
         clear_btn.click(lab.on_clear, [session, model], prompt_out, api_name="clear", **LIGHT)
         paint_prompt_btn.click(lab.on_paint_prompt, [session, editor, model], prompt_out, api_name="paint_prompt",

@@ -1,6 +1,6 @@
 """Time per attack step with 1, 8, 32 prompts per step, batched vs a naive per-prompt loop.
 
-Batched: the cross-prompt attack with its mixed-prompt mask term (``mix=1``,
+Batched: the cross-prompt attack with its mixed-prompt mask term (default ``mix=100``,
 ``prompts_per_step=N``): one encoder forward + backward per step and all N prompts through the
 decoder in one ``engine.decode`` call. Naive: the same N prompts, but the image is re-encoded
 for each prompt (N encoder forward + backward per step), as a loop over a single-prompt attack
@@ -71,7 +71,7 @@ def naive_step_times(engine: SegmentEngine, x: torch.Tensor, attack: CrossPrompt
         for prompt in pool.sample(n, rng):
             adv = (x + delta).requires_grad_(True)
             features = engine.embed(adv)
-            loss = background_bce(engine.decode(features, [prompt], validate=False).low_res_all).mean()
+            loss = -background_bce(engine.decode(features, [prompt], validate=False).low_res_all).mean()
             grad += torch.autograd.grad(loss, adv)[0]
         delta = (delta + attack.step_size * grad.sign()).clamp(-attack.eps, attack.eps)
         times.append(time.perf_counter() - start)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     results["per_step_s"]["key_channels_only"] = feature_only
     print(f"key-channel loss only (no decoder): {feature_only * 1000:.0f} ms/step", flush=True)
     for n in args.counts:
-        attack = CrossPromptAttack(engine, steps=args.steps, seed=0, mix=1.0, prompts_per_step=n)
+        attack = CrossPromptAttack(engine, steps=args.steps, seed=0, prompts_per_step=n)
         batched = med(step_times(attack, x))
         row = {"batched": batched}
         if not args.no_naive:

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         steps = [e["step"] for e in log["eval"]]
         for kind in ("box", "point", "point_best3", "mask"):
             ax.plot(steps, [e[kind] for e in log["eval"]], marker="o", label=kind)
-        ax.set_title(f"{path.parent.name}: held-out mIoU ({log['seconds'] / 60:.0f} CPU-min)")
+        ax.set_title(f"{path.parent.name}: held-out mIoU ({log['seconds'] / 60:.0f} min wall, 1 thread)")
         ax.set_xlabel(f"step (batch {log['config']['batch']} images)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)

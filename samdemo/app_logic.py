@@ -371,15 +371,17 @@ def _dashed(out: np.ndarray, contour: np.ndarray, color, thickness: int, dash: i
 
 
 def banner(image: np.ndarray, text: str, color=(255, 255, 255)) -> np.ndarray:
-    """Write ``text`` on a dark strip at the top of an RGB image (a copy)."""
+    """Write ``text`` on a dark strip along the bottom of an RGB image (a copy; the top-left corner
+    is where the app shows the panel's label)."""
     out = image.copy()
     scale = max(0.5, out.shape[1] / 640)
     thick = 1 if scale < 0.7 else 2
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     pad = max(4, th // 2)
     strip = min(out.shape[0], th + base + 2 * pad)
-    out[:strip] = (out[:strip].astype(np.float32) * 0.35).astype(np.uint8)
-    cv2.putText(out, text, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+    out[-strip:] = (out[-strip:].astype(np.float32) * 0.35).astype(np.uint8)
+    cv2.putText(out, text, (pad, out.shape[0] - pad - base), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick,
+                cv2.LINE_AA)
     return out
 
 
@@ -737,7 +739,7 @@ def run_attack(manager: ModelManager, model: str, adapter: AdapterChoice, image:
         model_label = f"{'Original' if model_key == 'original' else 'Robust'} model"
         shown = image if input_key == "clean" else adversarial
         entry = preds[key]
-        title = f"{model_label} · {input_key} input"
+        title = f"{model_label} · {input_key}"
         if entry is None:
             panels[key] = Panel(f"{title}: no adapter loaded", None, None, None)
             table.append([model_label.lower(), input_key, None, None, None, "—", None])
@@ -751,7 +753,7 @@ def run_attack(manager: ModelManager, model: str, adapter: AdapterChoice, image:
         success = "—" if input_key == "clean" else ("yes" if iou_own < SUCCESS_IOU else "no")
         overlay = render_overlay(shown, mask, prompts, show_ground_truth=gt is not None)
         text = f"IoU {iou_ref:.2f}" + (" (reference)" if gt is None and key == "original/clean" else "")
-        panels[key] = Panel(f"{title} — IoU {iou_ref:.2f} vs {reference}", banner(overlay, text), mask, iou_ref)
+        panels[key] = Panel(f"{title} — IoU {iou_ref:.2f}", banner(overlay, text), mask, iou_ref)
         table.append([model_label.lower(), input_key, round(iou_original, 3), round(iou_own, 3),
                       None if iou_gt is None else round(iou_gt, 3), success, round(iou_pred, 3)])
     perturbation, caption = perturbation_image(image, adversarial, settings.eps255)
@@ -1051,12 +1053,20 @@ class Lab:
             raise self._error(error) from None
 
     # ----------------------------------------------------------------- models
-    def preload(self, model: str, adapter: AdapterChoice = AdapterChoice()) -> None:
-        """Load a model (and its adapter) before serving, so the first click is fast; problems are logged only."""
+    def preload(self, model: str, adapter: AdapterChoice = AdapterChoice(), examples: bool = True) -> None:
+        """Before serving: load the model (and its adapter) and embed the examples with both, so that the
+        first click on an example is as fast as the next ones. Problems are only logged: the UI shows them."""
+        engines = []
         try:
-            self.manager.robust(model, adapter) if adapter.kind != ADAPTER_NONE else self.manager.engine(model)
+            engines.append(self.manager.engine(model))
+            robust = self.manager.robust(model, adapter)
+            engines += [robust.engine] if robust is not None else []
         except Exception as error:  # the app still starts; the UI shows the message on load
             log.warning("could not preload %s (%s): %s", model, adapter.label, error)
+        for index in range(len(self.examples) if examples else 0):
+            image = normalize_image(read_example(self.examples, index)[0])[0]
+            for engine in engines:
+                engine.embed_image(image)
 
     def on_adapter_kind(self, kind):
         """Show the Hub fields only for a Hub adapter."""

@@ -93,7 +93,7 @@ def test_attack_returns_the_four_panels_and_ious(client):
     for panel, title in zip(panels, ["Original model · clean", "Original model · adversarial",
                                      "Robust model · clean", "Robust model · adversarial"]):
         assert read_rgb(panel["value"]).shape == (512, 512, 3)
-        assert panel["label"].startswith(title) and "vs the original model's clean mask" in panel["label"]
+        assert panel["label"].startswith(title)
         panel_ious.append(float(panel["label"].split("IoU ")[1].split()[0]))
     assert table["headers"] == L.TABLE_HEADERS
     rows = table["data"]
@@ -106,7 +106,7 @@ def test_attack_returns_the_four_panels_and_ious(client):
     adv = read_rgb(adv_png)
     clean = read_rgb(SCENE)
     assert adv.shape == clean.shape and np.abs(adv.astype(int) - clean.astype(int)).max() <= 8
-    assert "ε = 8/255" in caption and "Timings" in timings
+    assert "ε = 8/255" in caption and "Timings" in timings and "against the original model's clean mask" in timings
     assert read_rgb(perturbation).shape[1] == 512
 
 
@@ -133,6 +133,21 @@ def test_transfer_matrix_endpoint(client):
     plot, md = client.predict("sam-small", "none", "", "", "mask", "fgsm", 8, 1, 0, "original",
                               api_name="/transfer")
     assert plot["type"] == "matplotlib" and plot["plot"] and "prompt type" in md
+
+
+def test_switching_to_sam2(client):
+    info, adapter_md, plot = client.predict("sam2-small", "shipped", "", "", api_name="/load_model")
+    assert info.startswith("**sam2-small**") and "trainable values" in adapter_md and plot["type"] == "matplotlib"
+    client.predict("sam2-small", 1, api_name="/load_example")
+    _, status = client.predict(L.MODE_POSITIVE, "sam2-small", 100, 120, api_name="/click")
+    assert "Clean mask of **sam2-small**" in status
+
+
+def test_quick_successive_clicks_are_all_kept(client):
+    client.predict("sam-small", 2, api_name="/load_example")
+    jobs = [client.submit(L.MODE_POSITIVE, "sam-small", 20 + 20 * i, 30, api_name="/click") for i in range(5)]
+    statuses = [job.result()[1] for job in jobs]
+    assert sorted(int(s.split("Prompts: ")[1].split()[0]) for s in statuses) == [1, 2, 3, 4, 5]
 
 
 def test_sessions_do_not_see_each_other(url):

@@ -297,6 +297,13 @@ def test_click_with_an_unavailable_model_keeps_the_prompt(lab, monkeypatch):
     assert info.startswith("⚠️ Model 'sam-vit-b'")
 
 
+def test_preload_embeds_the_examples(adapter_root):
+    fresh = tiny_lab(adapter_root)
+    fresh.preload("sam-small")
+    assert len(fresh.manager.cache) == 2 * len(fresh.examples)  # original and robust model
+    fresh.preload("sam-vit-h", examples=False)  # unavailable: logged, no exception
+
+
 def test_mode_switch_selects_the_paint_tab(lab):
     assert lab.on_mode(L.MODE_MASK).selected == "paint"
     assert lab.on_mode(L.MODE_BOX).selected == "click"

@@ -128,7 +128,8 @@ def quantize_project(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torc
 @dataclass
 class AttackResult:
     """adv_images: B x 3 x H x W float32, every value k/255 and within eps of the input.
-    perturbation: adv_images - images. losses: the objective (maximised) at each step's iterate.
+    perturbation: adv_images - images. losses: the objective the attack maximises, at each
+    step's iterate (minus the BCE for mask losses, so those are negative).
     seconds: wall time of forward. info: attack-specific details (key channels, pool sizes...)."""
 
     adv_images: torch.Tensor
@@ -158,6 +159,7 @@ class StepInfo:
 
 def background_bce(logits: torch.Tensor, step: StepInfo | None = None) -> torch.Tensor:
     """BCE of mask logits against an empty mask, mean over all but the first dim -> P values.
+    Attacks that push masks to background *minimise* it (they maximise its negative).
 
     BCE(l, 0) = softplus(l): its gradient sigmoid(l) vanishes on pixels already pushed to
     background, so the budget goes to pixels still segmented (MSE towards -10 would keep spending
@@ -173,13 +175,16 @@ def background_bce(logits: torch.Tensor, step: StepInfo | None = None) -> torch.
 def feature_distance(adv: torch.Tensor, clean: torch.Tensor, distance: str = "mse") -> torch.Tensor:
     """Distance between B x C x h x w feature maps -> B values (to maximise).
 
-    mse: mean squared difference relative to the clean features' mean square (scale-free, so
-    several feature maps can be summed); cosine: mean over positions of 1 - cos(adv, clean)
-    along the channels.
+    mse: mean squared difference relative to the clean map's spatial variance, i.e. the mean
+    square of ``clean`` minus its per-channel spatial mean. Scale-free (several maps can be
+    summed, and 1.0 means "moved as much as the features vary across the image"); not relative
+    to the raw energy, which in SAM's embeddings is dominated by an image-independent offset.
+    cosine: mean over positions of 1 - cos(adv, clean) along the channels.
     """
     if distance == "mse":
-        energy = clean.square().flatten(1).mean(1).clamp_min(1e-12)
-        return (adv - clean).square().flatten(1).mean(1) / energy
+        centred = clean - clean.mean(dim=(-2, -1), keepdim=True)
+        spread = centred.square().flatten(1).mean(1).clamp_min(1e-12)
+        return (adv - clean).square().flatten(1).mean(1) / spread
     if distance == "cosine":
         return (1 - F.cosine_similarity(adv, clean, dim=1, eps=1e-8)).flatten(1).mean(1)
     raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")

@@ -1,8 +1,8 @@
 """Baseline attacks: single-prompt mask attack, all-channel feature attack, random control.
 
 * ``mask`` (Attack-SAM style, prompt-specific): with the user's own prompts, drive the mask
-  logits to background. Loss: BCE against an empty mask, ``mean_p mean_{k, pixels}
-  softplus(z_{p,k})`` on the low-resolution logits of all four mask tokens (``tokens="all"``)
+  logits to background: minimise the BCE against an empty mask, ``mean_p mean_{k, pixels}
+  softplus(z_{p,k})`` (the attack maximises its negative), on the low-resolution logits of all four mask tokens (``tokens="all"``)
   or only the chosen one (``tokens="chosen"``). All four by default: SAM picks a token after
   the fact (best predicted IoU for a lone point; SAM 2's stability fallback otherwise), so an
   attack on the chosen token alone leaves the others to be picked instead.
@@ -28,7 +28,8 @@ from samdemo.prompts import Prompt
 
 def mask_loss(engine: SegmentEngine, features: ImageFeatures, prompts: list[Prompt], image_index: int = 0,
               step: StepInfo | None = None, tokens: str = "all") -> torch.Tensor:
-    """Mean over prompts of the background BCE of their mask logits, one batched decoder call."""
+    """Mean over prompts of the background BCE of their mask logits, one batched decoder call.
+    The BCE to an empty mask: an attack *minimises* it (maximises its negative)."""
     prediction = engine.decode(features, prompts, image_index=image_index, validate=False)
     logits = prediction.low_res_all if tokens == "all" else prediction.low_res_logits
     return background_bce(logits, step).mean()
@@ -58,8 +59,9 @@ class MaskAttack(Attack):
 
     def loss(self, adv, state, step, rng):
         feats = self.engine.embed(adv)
-        return sum(mask_loss(self.engine, feats, group, i, step, self.tokens)
-                   for i, group in enumerate(state["prompts"]))
+        # maximise minus the BCE: the masks go to background
+        return -sum(mask_loss(self.engine, feats, group, i, step, self.tokens)
+                    for i, group in enumerate(state["prompts"]))
 
 
 class FeatureAttack(Attack):

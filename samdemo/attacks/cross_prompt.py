@@ -19,16 +19,17 @@ type is used later. Once per image, on the clean image (no gradient to the pixel
 
 Loss, maximised by the noise generator (one encoder forward + backward per step):
 
-    L_adv = D(E_adv[K], E_clean[K])  (+ w_hr * sum_l MSE_rel(F_l adv, F_l clean), SAM 2)
-            (+ mix * mean_p BCE(z_p(x_adv), 0) over ``prompts_per_step`` prompts of mixed types)
+    L_adv = D(E_adv[K], E_clean[K])  (+ w_hr * mean_l MSE_rel(F_l adv, F_l clean), SAM 2)
+            - mix * mean_p BCE(z_p(x_adv), 0) over ``prompts_per_step`` prompts of mixed types
 
 D is the relative MSE (default) or 1 - cosine along the key channels. SAM 2 also feeds two
 high-resolution maps F_l (stride 4 and 8) straight into the decoder's upsampler, bypassing E;
 they are prompt-independent too, so their relative MSE over all channels is added with weight
-``high_res_weight`` (default 1). The optional mask term resamples points (a random pixel of a
-segment), jittered boxes and segment masks each step; all of them go through ``engine.decode``
-in one call (the engine batches prompts of one structure), so its cost grows with the decoder
-only, never with extra encoder passes.
+``high_res_weight`` (default 1). The mask term (on by default, ``mix=100``) resamples
+``prompts_per_step`` = 32 prompts each step: points (a random pixel of a segment) and boxes (a
+segment's box, sides jittered by up to 10 %), optionally masks; all of them go through
+``engine.decode`` in one call (the engine batches prompts of one structure), so its cost grows
+with the decoder only, never with extra encoder passes.
 """
 
 from __future__ import annotations
@@ -205,29 +206,35 @@ class CrossPromptAttack(Attack):
     """Prompt-agnostic key-channel feature attack, with an optional mixed-prompt mask term.
 
     k: number of key channels (default C/4: 32 of the embedded models' 128, 64 of real SAM's
-    256); distance: "mse" or "cosine"; mix: weight of the mixed-prompt mask loss (0 disables
-    it: then the decoder is not run in the loop at all); prompts_per_step: prompts in that term
-    per step; grid: the point grid side; types: prompt types whose importance must agree;
-    high_res_weight: SAM 2's high-res maps.
+    256); distance: "mse" or "cosine"; mix: weight of the mixed-prompt mask loss (default 100,
+    which balances its ~100x smaller scale; 0 disables it, and then the decoder is not run in
+    the loop at all: the paper's pure feature-level loss); prompts_per_step: prompts in that
+    term per step (default 32); mix_types: their types (default point and box: the decoder
+    copies mask prompts, so spending a third of the batch on them bought nothing in any column);
+    grid: the point grid side; types: prompt types whose channel importance must agree (all
+    three); high_res_weight: SAM 2's high-res maps. See docs/METHOD.md for the measurements.
     """
 
     name = "cross-prompt"
 
     def __init__(self, engine: SegmentEngine, eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS,
                  step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
-                 progress=None, cancel=None, *, k: int | None = None, distance: str = "mse", mix: float = 0.0,
-                 prompts_per_step: int = 8, grid: int = 4, types=PROMPT_TYPES, high_res_weight: float = 1.0):
+                 progress=None, cancel=None, *, k: int | None = None, distance: str = "mse", mix: float = 100.0,
+                 prompts_per_step: int = 32, mix_types=("point", "box"), grid: int = 4, types=PROMPT_TYPES,
+                 high_res_weight: float = 1.0):
         super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel)
         if distance not in ("mse", "cosine"):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
         if k is not None and (not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError(f"k must be a positive number of channels; got {k!r}.")
-        if not types or any(t not in PROMPT_TYPES for t in types):
-            raise ValueError(f"types must be a non-empty subset of {PROMPT_TYPES}; got {types!r}.")
+        for label, value in (("types", types), ("mix_types", mix_types)):
+            if not value or isinstance(value, str) or any(t not in PROMPT_TYPES for t in value):
+                raise ValueError(f"{label} must be a non-empty subset of {PROMPT_TYPES}; got {value!r}.")
         if mix < 0 or prompts_per_step < 1 or grid < 1:
             raise ValueError("mix must be >= 0, prompts_per_step >= 1 and grid >= 1.")
         self.k, self.distance, self.mix = k, distance, float(mix)
         self.prompts_per_step, self.grid, self.types = int(prompts_per_step), int(grid), tuple(types)
+        self.mix_types = tuple(mix_types)
         self.high_res_weight = float(high_res_weight)
 
     def prepare(self, images, prompts, rng):
@@ -259,7 +266,7 @@ class CrossPromptAttack(Attack):
                     feature_distance(f[i:i + 1], c[i:i + 1], "mse").sum()
                     for f, c in zip(feats.high_res, clean.high_res)) / len(feats.high_res)
             if self.mix:
-                prompts = state["pools"][i].sample(self.prompts_per_step, rng, self.types)
+                prompts = state["pools"][i].sample(self.prompts_per_step, rng, self.mix_types)
                 prediction = self.engine.decode(feats, prompts, image_index=i, validate=False)
-                total = total + self.mix * background_bce(prediction.low_res_all, step).mean()
+                total = total - self.mix * background_bce(prediction.low_res_all, step).mean()  # masks -> background
         return total
