@@ -11,6 +11,11 @@ would do. Also: the key-channel loss alone (``mix=0``, no decoder in the loop).
 
 Timing does not depend on the weights, so a missing checkpoint falls back to random weights
 (recorded in the JSON). Per-step times are medians over steps 2..S of one run (step 1 warms up).
+
+Also (``flop_projection``): FLOPs of one step (encoder forward + backward, decoder forward +
+backward for 1 and 32 prompts, half points half boxes), counted with
+``torch.utils.flop_counter`` on the meta device (no compute, no weights), for the embedded
+model and Meta's SAM ViT-B / ViT-H architectures, where the encoder dominates.
 """
 
 from __future__ import annotations
@@ -78,6 +83,41 @@ def naive_step_times(engine: SegmentEngine, x: torch.Tensor, attack: CrossPrompt
     return times
 
 
+def step_flops(name: str, counts=(1, 32)) -> dict:
+    """FLOPs of one attack step on the meta device: {prompts: GFLOP}, 0 = encoder only."""
+    import contextlib
+
+    import torch.fx.experimental._config as fx_config
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from samdemo.build import build_architecture, get_spec
+    from samdemo.prompts import box_prompt, point_prompt
+
+    fx_config.meta_nonzero_assume_all_nonzero = True  # boolean indexing in the prompt encoder
+    autocast = torch.autocast
+    torch.autocast = lambda *args, **kwargs: contextlib.nullcontext()  # no autocast for "meta"
+    try:
+        spec = get_spec(name)
+        with torch.device("meta"):
+            model, family = build_architecture(spec.config)
+        engine = SegmentEngine(model.eval().requires_grad_(False), family, name)
+        size = engine.image_size
+        x = torch.zeros(1, 3, size, size, device="meta", requires_grad=True)
+        result = {}
+        for n in (0, *counts):
+            prompts = ([point_prompt(10 + i, 20) for i in range((n + 1) // 2)]
+                       + [box_prompt(5, 5, 50 + i, 60) for i in range(n // 2)])
+            with FlopCounterMode(display=False) as counter:
+                features = engine.embed(x)
+                loss = (engine.decode(features, prompts, validate=False).low_res_all.mean() if n
+                        else features.image_embed.square().mean())
+                torch.autograd.grad(loss, x)
+            result[str(n)] = counter.get_total_flops() / 1e9
+        return result
+    finally:
+        torch.autocast = autocast
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sam-small")
@@ -86,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--flops-models", nargs="*", default=["sam-small", "sam-vit-b", "sam-vit-h"],
+                        help="SAM v1 architectures whose step FLOPs to count (meta device)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attack_speed.json")
     args = parser.parse_args(argv)
 
@@ -118,6 +160,12 @@ def main(argv=None) -> int:
     if "32" in counts and "1" in counts:
         results["ratio_32_over_1"] = results["per_step_s"]["32"]["batched"] / results["per_step_s"]["1"]["batched"]
         print(f"ratio 32/1 prompts: {results['ratio_32_over_1']:.2f} (target <= 1.3)")
+    results["flop_projection"] = {}
+    for name in args.flops_models:
+        gflops = step_flops(name)
+        results["flop_projection"][name] = {"gflop_per_step": gflops, "ratio_32_over_1": gflops["32"] / gflops["1"]}
+        print(f"FLOPs per step, {name}: encoder only {gflops['0']:.1f} G, 1 prompt {gflops['1']:.1f} G, "
+              f"32 prompts {gflops['32']:.1f} G (ratio {gflops['32'] / gflops['1']:.2f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"-> {args.out}")
