@@ -71,7 +71,7 @@ OFFLINE = COMMON + textwrap.dedent("""
     from samdemo.hub import load_adapter
     e = engine()
     load_adapter(e, "tester/tiny-robust-sam", revision="v1")
-    assert torch.equal(outputs(e), torch.load(sys.argv[1]))
+    assert torch.allclose(outputs(e), torch.load(sys.argv[1]), atol=1e-6, rtol=0)  # other thread count than the reference process
     try:
         load_adapter(engine(), "tester/never-downloaded")
     except AdapterError as error:

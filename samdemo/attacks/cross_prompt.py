@@ -203,7 +203,7 @@ def key_channels(importance: dict[str, torch.Tensor], k: int) -> torch.Tensor:
 # the attack
 # ---------------------------------------------------------------------------------------------
 class CrossPromptAttack(Attack):
-    """Prompt-agnostic key-channel feature attack, with an optional mixed-prompt mask term.
+    """Prompt-agnostic key-channel feature attack plus a mixed-prompt mask term (on by default).
 
     k: number of key channels (default C/4: 32 of the embedded models' 128, 64 of real SAM's
     256); distance: "mse" or "cosine"; mix: weight of the mixed-prompt mask loss (default 100,
