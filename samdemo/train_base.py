@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from samdemo.build import CONFIG_DIR, build_architecture
+from samdemo.build import CONFIG_DIR, build_architecture, read_state_dict
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.prompts import Prompt
 from samdemo.quality import prompt_quality
@@ -54,6 +54,7 @@ class BaseTrainConfig:
     eval_scenes: int = 40
     checkpoint_every: int = 50
     minutes: float = 0.0  # stop (resumably) after this wall time; 0 = no limit
+    init: str = ""  # start from these weights (e.g. checkpoints/sam-small/model.safetensors) instead of random
 
     def arch_path(self) -> Path:
         return Path(self.config) if self.config else CONFIG_DIR / f"{self.family}_small.yaml"
@@ -168,11 +169,13 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
     torch.manual_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, family = build_architecture(cfg.arch_path())
+    if cfg.init:  # runs/ is not committed: a later session continues from the shipped weights
+        model.load_state_dict(read_state_dict(Path(cfg.init)))
     engine = SegmentEngine(model, family)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
-        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))))
+        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(cfg.steps, 1))))))
     state_path = run_dir / "state.pt"
     log: dict = {"config": asdict(cfg), "train": [], "eval": [], "seconds": 0.0}
     step = 0

@@ -1,0 +1,25 @@
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from samdemo.build import CONFIG_DIR, build_architecture
+from samdemo.train_base import BaseTrainConfig, export_weights, train_base
+
+
+def test_two_steps_train_log_export_and_continue_from_exported_weights(tmp_path):
+    cfg = BaseTrainConfig(family="sam", config=str(CONFIG_DIR / "sam_tiny_test.yaml"), steps=2, batch=1,
+                          instances=1, eval_every=2, eval_scenes=1, checkpoint_every=1, warmup=1)
+    log = train_base(cfg, tmp_path / "run")
+    assert [row[0] for row in log["train"]] == [1, 2] and log["eval"][-1]["step"] == 2
+    weights = export_weights(tmp_path / "run", tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "training_log.json").read_text())["train"] == log["train"]
+
+    # A new run initialised from the exported weights starts from them, not from random ones.
+    init = BaseTrainConfig(**{**cfg.__dict__, "steps": 0, "init": str(weights)})
+    train_base(init, tmp_path / "run2")
+    continued = torch.load(tmp_path / "run2" / "state.pt", weights_only=True)["model"]
+    trained = torch.load(tmp_path / "run" / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(continued[k], trained[k]) for k in trained)
+    fresh, _ = build_architecture(CONFIG_DIR / "sam_tiny_test.yaml")
+    assert not all(torch.equal(v, trained[k]) for k, v in fresh.state_dict().items())
