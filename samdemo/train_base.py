@@ -39,6 +39,9 @@ from samdemo.quality import prompt_quality
 from samdemo.scenes import heldout_scenes, train_scene
 
 
+SCENES_PER_SEED = 10_000_000  # seed s trains on scenes [s * 1e7, (s + 1) * 1e7), far below the held-out range
+
+
 @dataclass
 class BaseTrainConfig:
     family: str = "sam"
@@ -199,7 +202,9 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train-base {family}")
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])  # per-step streams make resumed runs identical
-        scenes = [train_scene(step * cfg.batch + i, size=engine.image_size) for i in range(cfg.batch)]
+        # each seed draws its own scenes, so a continued run (--init, new seed) sees fresh data
+        first_scene = cfg.seed * SCENES_PER_SEED + step * cfg.batch
+        scenes = [train_scene(first_scene + i, size=engine.image_size) for i in range(cfg.batch)]
         loss = training_step_loss(engine, scenes, cfg.instances, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
