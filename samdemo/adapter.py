@@ -1,19 +1,29 @@
-"""SVD singular-value adapter (the Robust SAM defense): W = U diag(s) V^T with only s trainable.
+"""Weight adapters for the defense: the SVD singular-value adapter (Robust SAM) and two baselines.
 
-For every targeted ``nn.Linear`` / ``nn.Conv2d`` (a conv weight ``out x in x k x k`` is read as
-the ``out x (in k k)`` matrix it multiplies with), the base weight is decomposed once with
-``torch.linalg.svd`` in float64 (then cast to float32): ``W = U diag(s_base) V^T``, thin, so a
-layer holds ``r = min(out, in k k)`` singular values. U and V are frozen buffers **recomputed
-from the base weights** whenever an adapter is applied or loaded; they are never stored.
+An adapter replaces the weight W of a few targeted ``nn.Linear`` / ``nn.Conv2d`` layers (a conv
+weight ``out x in x k x k`` is read as the ``out x (in k k)`` matrix it multiplies with) by a
+trainable W' that equals W at initialisation; everything else stays frozen. One layer class per
+``method`` (``AdapterConfig.method``, stored in ``adapter_config.json``):
 
-Parametrisation (additive): ``s = s_base + delta``, where ``delta`` (initialised to 0, one
-``nn.Parameter`` per layer) is the only trainable tensor, so the adapted model equals the base
-model at initialisation (up to the float32 rounding of the reconstruction, ~1e-7 relative).
-Training uses a learning rate proportional to each layer's mean singular value, which makes an
-Adam step a *relative* change of the spectrum, the same for every layer and model size.
-Files store the adapted values ``s`` themselves (and ``s_base`` for reference/plots).
+* ``"svd"`` (:class:`SVDLayer`, the Robust SAM defense): ``W = U diag(s_base) V^T`` (thin SVD,
+  float64 then float32, so a layer holds ``r = min(out, in k k)`` singular values); U and V are
+  frozen buffers **recomputed from the base weights** whenever an adapter is applied or loaded,
+  never stored. ``W' = U diag(s_base + delta) V^T`` with ``delta`` (zero-initialised) the only
+  trainable tensor, so W' = W up to the float32 rounding of the reconstruction (~1e-7 relative).
+  Files store the adapted values ``s`` themselves (and ``s_base`` for reference/plots).
+* ``"lora"`` (:class:`LoRALayer`, baseline): ``W' = W + B A`` on the matrix view, A
+  ``rank x (in k k)`` (PEFT's init, seeded), B ``out x rank`` zero-initialised (PEFT's
+  ``alpha / rank`` scale is 1: with Adam and the learning-rate rule below a scale changes nothing).
+  ``rank x (out + in k k)`` trainable values per layer.
+* ``"full"`` (:class:`FullLayer`, baseline): ``W' = W + Delta``, the whole weight trainable
+  (biases stay frozen, as in the other two methods; SAM's neck convs have none); files store Delta.
 
-Default targets (``default_target_modules``), 512 values on SAM ViT-B/L/H and on Meta's SAM 2:
+W' = W exactly at initialisation for the two baselines (their update is zero). Training uses a
+learning rate per trainable tensor (:meth:`Adapter.param_groups`) such that one Adam step, which
+moves every coordinate by about its learning rate, changes W by about ``lr x ||W||_F``
+(Frobenius): a *relative* step, the same for every method, layer and model size.
+
+Default targets (``default_target_modules``), 512 singular values on SAM ViT-B/L/H and on Meta's SAM 2:
 
 * SAM: the image encoder's neck, ``image_encoder.neck.0`` (1x1 conv, embed_dim -> 256) and
   ``image_encoder.neck.2`` (3x3 conv, 256 -> 256): 256 + 256, the paper's 512 parameters.
@@ -34,9 +44,12 @@ Integrity: the adapter records a sha256 fingerprint of the targeted layers' base
 biases (as float32) plus the base model name; loading onto any model whose targeted weights
 hash differently is refused with an :class:`AdapterError`.
 
-Merging: :meth:`SVDAdapter.merge` writes ``W' = U diag(s) V^T`` into the layers once (plain
-forward, zero overhead) and keeps the original weight tensors; :meth:`SVDAdapter.unmerge` puts
-those very tensors back (bit-exact).
+Merging: :meth:`Adapter.merge` writes W' into the layers once (plain forward, zero overhead)
+and keeps the original weight tensors; :meth:`Adapter.unmerge` puts those very tensors back
+(bit-exact).
+
+File format ``samdemo-svd-adapter`` (the name predates the baselines): version 2 added
+``method``; version-1 files (no ``method``) are SVD adapters and load unchanged.
 """
 
 from __future__ import annotations
@@ -55,14 +68,16 @@ import torch.nn.functional as F
 from torch import nn
 
 FORMAT_NAME = "samdemo-svd-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "method" (svd, lora, full); 1: SVD only, no "method" key
+READABLE_VERSIONS = (1, 2)
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 CARD_FILE = "README.md"
 PLOT_FILE = "singular_values.png"
 LOG_FILE = "training_log.json"
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, PLOT_FILE, LOG_FILE)
-PARAMETRIZATION = "additive"  # s = s_base + delta, delta is the nn.Parameter
+PARAMETRIZATION = "additive"  # W' = base + update, the update is zero at initialisation (all methods)
+DEFAULT_METHOD = "svd"
 SUPPORTED_MODULES = (nn.Linear, nn.Conv2d)
 _ATTACHED = "_samdemo_svd_adapter"  # attribute on the adapted nn.Module (not a registered submodule)
 _S_KEY, _S_BASE_KEY = "singular_values", "base_singular_values"
@@ -122,11 +137,6 @@ def resolve_targets(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return sorted(chosen, key=order.__getitem__)
 
 
-def _matrix_shape(module: nn.Module) -> tuple[int, int]:
-    weight = module.weight
-    return weight.shape[0], int(weight[0].numel())
-
-
 def fingerprint_weights(model: nn.Module, names: Iterable[str]) -> str:
     """sha256 over the named modules' weight and bias (as float32 bytes), in sorted name order."""
     modules = dict(model.named_modules())
@@ -152,12 +162,15 @@ def fingerprint_weights(model: nn.Module, names: Iterable[str]) -> str:
 class AdapterConfig:
     """What an adapter targets and how it was made; serialised as ``adapter_config.json``.
 
-    ``target_modules``: glob patterns (empty: the family's defaults). ``layers`` (filled when
-    applied): resolved module name -> {"type", "weight_shape", "matrix_shape", "rank"}.
+    ``method``: "svd", "lora" or "full" (``LAYER_TYPES``). ``target_modules``: glob patterns
+    (empty: the family's defaults). ``layers`` (filled when applied): resolved module name ->
+    {"type", "weight_shape", "matrix_shape", "rank"}, rank being the rank of the update (svd,
+    full: min(out, in k k); lora: its rank). ``num_trainable``: trainable values in all.
     """
 
     base_model: str = "custom"
     family: str = "sam"
+    method: str = DEFAULT_METHOD
     target_modules: list[str] = field(default_factory=list)
     layers: dict[str, dict] = field(default_factory=dict)
     fingerprint: str = ""
@@ -181,9 +194,13 @@ class AdapterConfig:
             raise AdapterError(f"{source} is not a samdemo SVD adapter config (format is {data.get('format')!r}, "
                                f"expected {FORMAT_NAME!r}).")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise AdapterError(f"{source} has format_version {version!r}; this samdemo reads version {FORMAT_VERSION}. "
-                               "Update samdemo or re-export the adapter.")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise AdapterError(f"{source} has format_version {version!r}; this samdemo reads versions "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}. Update samdemo or re-export the adapter.")
+        method = data.get("method", DEFAULT_METHOD)  # version 1 has no "method": SVD
+        if not isinstance(method, str) or method not in LAYER_TYPES:
+            raise AdapterError(f"{source}: unknown method {method!r} (expected one of {', '.join(LAYER_TYPES)}).")
+        layer_type = LAYER_TYPES[method]
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -214,15 +231,16 @@ class AdapterConfig:
             if not shapes_ok:
                 raise AdapterError(f"{source}: layer {name!r} has a malformed weight_shape/matrix_shape "
                                    f"({info['weight_shape']!r}, {info['matrix_shape']!r}).")
-            rank, (rows, cols) = info["rank"], info["matrix_shape"]
-            if not isinstance(rank, int) or rank != min(rows, cols) or rank < 1:
-                raise AdapterError(f"{source}: layer {name!r} has rank {rank!r} but its {rows}x{cols} matrix "
-                                   f"has {min(rows, cols)} singular values.")
-        total = sum(info["rank"] for info in data["layers"].values())
+            rank, (rows, cols), allowed = info["rank"], info["matrix_shape"], layer_type.ranks(*info["matrix_shape"])
+            if not isinstance(rank, int) or isinstance(rank, bool) or rank not in allowed:
+                need = (f"has {min(rows, cols)} singular values" if len(allowed) == 1
+                        else f"allows {method} rank {allowed.start} to {allowed.stop - 1}")
+                raise AdapterError(f"{source}: layer {name!r} has rank {rank!r} but its {rows}x{cols} matrix {need}.")
+        total = sum(layer_type.count(info) for info in data["layers"].values())
         if data["num_trainable"] != total:
             raise AdapterError(f"{source}: num_trainable is {data['num_trainable']} but the layers hold {total} "
-                               "singular values.")
-        return cls(**data)
+                               f"trainable values ({method}).")
+        return cls(**(data | {"method": method, "format_version": FORMAT_VERSION}))  # read as the current version
 
 
 def _json_default(value):
@@ -235,27 +253,147 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-class SVDLayer(nn.Module):
-    """One adapted layer: frozen U, V^T, s_base buffers and the trainable ``delta``."""
+class AdapterLayer(nn.Module):
+    """One adapted layer: the frozen base module and a trainable update of its weight.
+
+    A subclass per method defines W' (``_effective``: any shape with the weight's numel), the
+    parameter that is zero at initialisation (``zero_param``: W' = W), the per-parameter
+    learning-rate scales, the tensors of its files (``file_shapes``, ``state``, ``load_state``)
+    and the texts of its model card. Subclasses are built as ``cls(name, module, rank,
+    generator)``; only LoRA uses ``rank`` (the others' is the matrix's) and ``generator`` (its A).
+    """
+
+    method = ""
+    noun = ""  # for messages: "an SVD adapter"
+    zero_param = ""
+    formula = ""  # the parametrisation, for the card and the docs
+    lr_rule = ""  # the learning-rate rule of ``lr_scales``, recorded in the training recipe
+    card_title = card_intro = card_how = card_files = ""
+    card_tags: tuple[str, ...] = ()
 
     def __init__(self, name: str, module: nn.Module):
         super().__init__()
         if not isinstance(module, SUPPORTED_MODULES):
             raise AdapterError(f"{name} is a {type(module).__name__}; only Linear and Conv2d can be adapted.")
         self.name = name
-        weight = module.weight.detach()
-        self.weight_shape = tuple(weight.shape)
+        self.weight_shape = tuple(module.weight.shape)
         self.kind = type(module).__name__
-        compute = torch.promote_types(weight.dtype, torch.float32)
-        matrix = weight.reshape(weight.shape[0], -1).to("cpu", torch.float64)
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-        self.register_buffer("U", u.to(weight.device, compute), persistent=False)
-        self.register_buffer("Vh", vh.to(weight.device, compute), persistent=False)
-        self.register_buffer("s_base", s.to(weight.device, compute), persistent=False)
-        self.delta = nn.Parameter(torch.zeros_like(self.s_base))
+        self.compute_dtype = torch.promote_types(module.weight.dtype, torch.float32)
         # Plain attributes, not submodules: the adapter must not own (or re-register) base modules.
         object.__setattr__(self, "module", module)
         object.__setattr__(self, "original_weight", None)  # set while merged
+
+    # ------------------------------------------------------------------ shapes and counts
+    @staticmethod
+    def ranks(rows: int, cols: int) -> range:
+        """Allowed ``rank`` (of the update) for an ``rows x cols`` matrix: full rank."""
+        return range(min(rows, cols), min(rows, cols) + 1)
+
+    @classmethod
+    def file_shapes(cls, info: dict) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape in ``adapter.safetensors`` for a layer described by ``info``."""
+        raise NotImplementedError
+
+    @classmethod
+    def count(cls, info: dict) -> int:
+        """Trainable values of a layer described by ``info`` (the file's tensors, by default)."""
+        return sum(math.prod(shape) for shape in cls.file_shapes(info).values())
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+
+    @property
+    def rank(self) -> int:
+        return min(self.matrix_shape)
+
+    def describe(self) -> dict:
+        return {"type": self.kind, "weight_shape": list(self.weight_shape), "matrix_shape": list(self.matrix_shape),
+                "rank": self.rank}
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return self.original_weight if self.original_weight is not None else self.module.weight
+
+    def _effective(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def effective_weight(self) -> torch.Tensor:
+        """W' in the weight's shape and dtype (differentiable in the trainable parameters)."""
+        device = self.module.weight.device
+        if next(self.parameters()).device != device:  # the model was moved after the adapter was applied
+            self.to(device)
+        return self._effective().reshape(self.weight_shape).to(self.module.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the adapted module's forward (unmerged)
+        module = self.module
+        if isinstance(module, nn.Linear):
+            return F.linear(x, self.effective_weight(), module.bias)
+        return module._conv_forward(x, self.effective_weight(), module.bias)
+
+    @torch.no_grad()
+    def spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Singular values of W and of W' (matrix view, descending), float32 CPU."""
+        rows = self.weight_shape[0]
+        return tuple(torch.linalg.svdvals(w.detach().reshape(rows, -1).to("cpu", torch.float64)).float()
+                     for w in (self.base_weight, self.effective_weight()))
+
+    def is_identity(self) -> bool:
+        return bool((getattr(self, self.zero_param) == 0).all())
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        getattr(self, self.zero_param).zero_()
+
+    def lr_scales(self) -> dict[str, float]:
+        """Parameter name -> learning-rate multiplier (see the module docstring and ``lr_rule``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ files
+    def state(self) -> dict[str, torch.Tensor]:
+        """The layer's tensors in ``adapter.safetensors`` (float32 CPU): its parameters, by default."""
+        return {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in self.named_parameters()}
+
+    @torch.no_grad()
+    def load_state(self, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+        """Set the parameters from validated file tensors (``state``'s inverse)."""
+        for name, p in self.named_parameters():
+            p.copy_(tensors[name].to(p))
+
+
+class SVDLayer(AdapterLayer):
+    """Robust SAM's layer: frozen U, V^T, s_base buffers and the trainable ``delta`` (s = s_base + delta)."""
+
+    method, noun, zero_param = "svd", "an SVD adapter", "delta"
+    formula = "W' = U diag(s_base + delta) V^T"
+    lr_rule = "lr x mean(s_base) for delta"
+    card_title = "SVD robustness adapter"
+    card_intro = "A singular-value adapter (Robust SAM, arXiv 2504.08906)"
+    card_how = ("Each targeted weight is decomposed as W = U diag(s) V^T; U and V are frozen (recomputed from the\n"
+                "base weights at load time, never stored) and only the **{n} singular values** s\n"
+                "were trained, adversarially, to keep masks right under attack.")
+    card_files = (f"per layer `<module>.{_S_KEY}` (adapted s) and `<module>.{_S_BASE_KEY}` (the base\n"
+                  "  model's s, for reference), float32.")
+    card_tags = ("svd", "singular-value-adapter")
+
+    def __init__(self, name: str, module: nn.Module, rank: int | None = None, generator=None):
+        super().__init__(name, module)
+        weight = module.weight.detach()
+        matrix = weight.reshape(weight.shape[0], -1).to("cpu", torch.float64)
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        self.register_buffer("U", u.to(weight.device, self.compute_dtype), persistent=False)
+        self.register_buffer("Vh", vh.to(weight.device, self.compute_dtype), persistent=False)
+        self.register_buffer("s_base", s.to(weight.device, self.compute_dtype), persistent=False)
+        self.delta = nn.Parameter(torch.zeros_like(self.s_base))
+
+    @classmethod
+    def file_shapes(cls, info: dict) -> dict[str, tuple[int, ...]]:
+        return {_S_KEY: (info["rank"],), _S_BASE_KEY: (info["rank"],)}
+
+    @classmethod
+    def count(cls, info: dict) -> int:
+        return info["rank"]
 
     @property
     def rank(self) -> int:
@@ -265,32 +403,129 @@ class SVDLayer(nn.Module):
     def singular_values(self) -> torch.Tensor:
         return self.s_base + self.delta
 
-    def effective_weight(self) -> torch.Tensor:
-        if self.U.device != self.module.weight.device:  # the model was moved after the adapter was applied
-            self.to(self.module.weight.device)
-        w = (self.U * self.singular_values) @ self.Vh
-        return w.reshape(self.weight_shape).to(self.module.weight.dtype)
+    def _effective(self) -> torch.Tensor:
+        return (self.U * self.singular_values) @ self.Vh
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the adapted module's forward (unmerged)
-        module = self.module
-        if isinstance(module, nn.Linear):
-            return F.linear(x, self.effective_weight(), module.bias)
-        return module._conv_forward(x, self.effective_weight(), module.bias)
+    def spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_base, s_base + delta): the adapted values in the base's order (not re-sorted)."""
+        return self.s_base.detach().float().cpu(), self.singular_values.detach().float().cpu()
 
-    def describe(self) -> dict:
-        rows, cols = _matrix_shape(self.module)
-        return {"type": self.kind, "weight_shape": list(self.weight_shape), "matrix_shape": [rows, cols],
-                "rank": self.rank}
+    def lr_scales(self) -> dict[str, float]:
+        return {"delta": float(self.s_base.mean())}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        base, adapted = self.spectrum()
+        return {_S_KEY: adapted.contiguous(), _S_BASE_KEY: base.contiguous()}
+
+    @torch.no_grad()
+    def load_state(self, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+        stored, recomputed = tensors[_S_BASE_KEY].float(), self.s_base.detach().float().cpu()
+        error = float((stored - recomputed).abs().max() / recomputed.abs().max().clamp(min=1e-12))
+        if error > BASE_S_RTOL:
+            raise AdapterError(f"{source}: the base singular values stored for {self.name} differ from this "
+                               f"model's by {error:.2e} (relative); the adapter belongs to other weights.")
+        self.delta.copy_(tensors[_S_KEY].to(self.s_base) - self.s_base)
 
 
-class SVDAdapter(nn.Module):
-    """The singular-value adapter applied to one model. Create with :func:`apply_adapter`."""
+class LoRALayer(AdapterLayer):
+    """Baseline: W' = W + B A on the matrix view; A ``rank x (in k k)``, B ``out x rank`` (zero at init)."""
 
-    def __init__(self, model: nn.Module, config: AdapterConfig, names: Sequence[str]):
+    method, noun, zero_param = "lora", "a LoRA adapter", "lora_B"
+    formula = "W' = W + B A"
+    lr_rule = "lr x rms(A) for A, lr x ||W||_F / (sqrt(out) ||A||_F) for B"
+    card_title = "LoRA robustness adapter (baseline)"
+    card_intro = "A LoRA adapter (a baseline for Robust SAM's singular-value adapter, arXiv 2504.08906)"
+    card_how = ("Each targeted weight (as an out x (in k k) matrix) becomes W + B A with B (zero-initialised) and A\n"
+                "of rank {ranks}; W is frozen and only the **{n} values** of A and B were trained, adversarially,\n"
+                "to keep masks right under attack.")
+    card_files = "per layer `<module>.lora_A` (rank x in k k) and `<module>.lora_B` (out x rank), float32."
+    card_tags = ("lora", "defense-baseline")
+
+    def __init__(self, name: str, module: nn.Module, rank: int = 1, generator: torch.Generator | None = None):
+        super().__init__(name, module)
+        rows, cols = self.matrix_shape
+        if rank not in self.ranks(rows, cols):
+            raise AdapterError(f"{name}: LoRA rank {rank!r} does not fit its {rows}x{cols} matrix "
+                               f"(1 to {min(rows, cols)}).")
+        device = module.weight.device
+        # PEFT's kaiming_uniform_(a=sqrt(5)) on A: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from a seeded generator.
+        a = (torch.rand(rank, cols, generator=generator, dtype=torch.float64) * 2 - 1) / math.sqrt(cols)
+        self.lora_A = nn.Parameter(a.to(device, self.compute_dtype))
+        self.lora_B = nn.Parameter(torch.zeros(rows, rank, device=device, dtype=self.compute_dtype))
+
+    @staticmethod
+    def ranks(rows: int, cols: int) -> range:
+        return range(1, min(rows, cols) + 1)
+
+    @classmethod
+    def file_shapes(cls, info: dict) -> dict[str, tuple[int, ...]]:
+        (rows, cols), rank = info["matrix_shape"], info["rank"]
+        return {"lora_A": (rank, cols), "lora_B": (rows, rank)}
+
+    @property
+    def rank(self) -> int:
+        return self.lora_A.shape[0]
+
+    def _effective(self) -> torch.Tensor:
+        return self.base_weight.reshape(self.weight_shape[0], -1) + self.lora_B @ self.lora_A
+
+    def lr_scales(self) -> dict[str, float]:
+        # A step of B by lr_B per entry changes W by lr_B sqrt(out) ||A||_F (A's rows nearly orthogonal):
+        # lr x ||W||_F needs lr_B as below. A moves relative to its own scale.
+        a, w = self.lora_A.detach().float(), self.base_weight.detach().float()
+        return {"lora_A": float(a.square().mean().sqrt()),
+                "lora_B": float(w.norm() / (math.sqrt(self.weight_shape[0]) * a.norm()))}
+
+
+class FullLayer(AdapterLayer):
+    """Baseline: the whole weight trainable, W' = W + Delta (Delta zero at init; the bias stays frozen)."""
+
+    method, noun, zero_param = "full", "a full-weight adapter", "weight_delta"
+    formula = "W' = W + Delta"
+    lr_rule = "lr x rms(W) for Delta"
+    card_title = "Full-weight robustness adapter (baseline)"
+    card_intro = "A full-weight adapter (a baseline for Robust SAM's singular-value adapter, arXiv 2504.08906)"
+    card_how = ("The targeted weights were fine-tuned as a whole, adversarially, to keep masks right under attack:\n"
+                "W' = W + Delta with **{n} trainable values** (biases frozen); the file stores Delta.")
+    card_files = "per layer `<module>.weight_delta` (W' - W, in the weight's shape), float32."
+    card_tags = ("full-fine-tuning", "defense-baseline")
+
+    def __init__(self, name: str, module: nn.Module, rank: int | None = None, generator=None):
+        super().__init__(name, module)
+        self.weight_delta = nn.Parameter(torch.zeros(self.weight_shape, device=module.weight.device,
+                                                     dtype=self.compute_dtype))
+
+    @classmethod
+    def file_shapes(cls, info: dict) -> dict[str, tuple[int, ...]]:
+        return {"weight_delta": tuple(info["weight_shape"])}
+
+    def _effective(self) -> torch.Tensor:
+        return self.base_weight + self.weight_delta
+
+    def lr_scales(self) -> dict[str, float]:
+        return {"weight_delta": float(self.base_weight.detach().float().square().mean().sqrt())}
+
+
+LAYER_TYPES: dict[str, type[AdapterLayer]] = {cls.method: cls for cls in (SVDLayer, LoRALayer, FullLayer)}
+METHODS = tuple(LAYER_TYPES)
+
+
+class Adapter(nn.Module):
+    """An adapter (``config.method``: svd, lora, full) applied to one model. Create with :func:`apply_adapter`.
+
+    ``lora_rank`` and ``seed`` (LoRA's A) only matter for a fresh LoRA adapter: a saved one has
+    its ranks in ``config.layers`` and its A in the file.
+    """
+
+    def __init__(self, model: nn.Module, config: AdapterConfig, names: Sequence[str], lora_rank: int = 1,
+                 seed: int = 0):
         super().__init__()
         modules = dict(model.named_modules())
         self.names = list(names)
-        self.layers = nn.ModuleList(SVDLayer(name, modules[name]) for name in self.names)
+        layer_type, generator = LAYER_TYPES[config.method], torch.Generator().manual_seed(seed)
+        self.layers = nn.ModuleList(
+            layer_type(name, modules[name], config.layers.get(name, {}).get("rank", lora_rank), generator)
+            for name in self.names)
         self.config = config
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "engine", None)
@@ -300,36 +535,50 @@ class SVDAdapter(nn.Module):
 
     # ------------------------------------------------------------------ info
     @property
-    def num_trainable(self) -> int:
-        return sum(layer.delta.numel() for layer in self.layers)
+    def method(self) -> str:
+        return self.config.method
 
-    def layer(self, name: str) -> SVDLayer:
+    @property
+    def noun(self) -> str:
+        return LAYER_TYPES[self.method].noun
+
+    @property
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def layer(self, name: str) -> AdapterLayer:
         return self.layers[self.names.index(name)]
 
     def singular_values(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """name -> (s_base, s_adapted), detached float32 CPU tensors."""
-        return {layer.name: (layer.s_base.detach().float().cpu(), layer.singular_values.detach().float().cpu())
-                for layer in self.layers}
+        """name -> (s of W, s of W'), detached float32 CPU tensors (svd: s_base and s_base + delta)."""
+        return {layer.name: layer.spectrum() for layer in self.layers}
 
     @property
     def tag(self) -> str:
-        """Identity of the adapted weights (changes with s): the engine's cache key part."""
+        """Identity of the adapted weights (changes with the parameters): the engine's cache key part."""
         digest = hashlib.sha256(self.config.fingerprint.encode())
-        for layer in self.layers:
-            digest.update(layer.singular_values.detach().float().cpu().numpy().tobytes())
-        return "svd:" + digest.hexdigest()[:16]
+        for p in self.parameters():
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+        return f"{self.method}:" + digest.hexdigest()[:16]
 
     def is_identity(self) -> bool:
-        return all(bool((layer.delta == 0).all()) for layer in self.layers)
+        return all(layer.is_identity() for layer in self.layers)
 
-    def lr_scales(self) -> list[float]:
-        """Each layer's mean base singular value (the per-layer learning-rate multiplier)."""
-        return [float(layer.s_base.mean()) for layer in self.layers]
+    def param_groups(self, lr: float) -> list[dict]:
+        """Adam parameter groups, one per trainable tensor, with learning rate ``lr x`` its layer's scale.
+
+        The scales make one Adam step (each coordinate moving by about its learning rate) change
+        each W by about ``lr x ||W||_F`` whatever the method (svd: ``lr x mean(s) sqrt(r)``, at most that).
+        """
+        return [{"params": [getattr(layer, name)], "lr": lr * scale, "name": f"{layer.name}.{name}"}
+                for layer in self.layers for name, scale in layer.lr_scales().items()]
 
     # ------------------------------------------------------------------ values
     @torch.no_grad()
     def set_singular_values(self, values: Mapping[str, torch.Tensor]) -> None:
-        """Set the adapted s of every layer (delta = s - s_base)."""
+        """Set the adapted s of every layer (delta = s - s_base); svd adapters only."""
+        if self.method != "svd":
+            raise AdapterError(f"set_singular_values needs an SVD adapter; this is {self.noun}.")
         if self.merged:
             raise AdapterError("Unmerge the adapter before changing its singular values.")
         missing = [name for name in self.names if name not in values]
@@ -344,8 +593,9 @@ class SVDAdapter(nn.Module):
 
     @torch.no_grad()
     def reset(self) -> None:
+        """Back to W' = W (the identity adapter)."""
         for layer in self.layers:
-            layer.delta.zero_()
+            layer.reset()
         self._refresh_engine_tag()
 
     def _refresh_engine_tag(self) -> None:
@@ -353,14 +603,13 @@ class SVDAdapter(nn.Module):
             self.engine.adapter_tag = self.tag
 
     def refresh_tag(self) -> str:
-        """Update the engine's ``adapter_tag`` after changing s in place (e.g. optimiser steps)."""
+        """Update the engine's ``adapter_tag`` after changing parameters in place (e.g. optimiser steps)."""
         self._refresh_engine_tag()
         return self.tag
 
     # ------------------------------------------------------------------ life cycle
     def _attach(self, freeze_base: bool, engine=None) -> None:
-        if getattr(self.model, _ATTACHED, None) is not None:
-            raise AdapterError("This model already has an SVD adapter; remove it first (remove_adapter).")
+        _check_no_adapter(self.model)
         if freeze_base:
             self._requires_grad = {n: p.requires_grad for n, p in self.model.named_parameters()}
             self.model.requires_grad_(False)
@@ -374,7 +623,7 @@ class SVDAdapter(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Write W' = U diag(s) V^T into the layers (plain forward again); keeps the originals."""
+        """Write W' into the layers (plain forward again, zero overhead); keeps the originals."""
         self._check_attached()
         if self.merged:
             return
@@ -420,12 +669,25 @@ class SVDAdapter(nn.Module):
             raise AdapterError("This adapter has been removed from its model.")
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors written to ``adapter.safetensors``."""
-        out = {}
-        for name, (base, adapted) in self.singular_values().items():
-            out[f"{name}.{_S_KEY}"] = adapted.contiguous()
-            out[f"{name}.{_S_BASE_KEY}"] = base.contiguous()
-        return out
+        """The tensors written to ``adapter.safetensors``: ``<module>.<tensor>`` (``file_shapes``)."""
+        return {f"{layer.name}.{key}": t for layer in self.layers for key, t in layer.state().items()}
+
+    def load_state(self, tensors: Mapping[str, Mapping[str, torch.Tensor]], source: str) -> None:
+        """Set every layer from validated file tensors (layer name -> tensor name -> tensor)."""
+        if self.merged:
+            raise AdapterError("Unmerge the adapter before loading other values into it.")
+        for layer in self.layers:
+            layer.load_state(tensors[layer.name], source)
+        self._refresh_engine_tag()
+
+
+SVDAdapter = Adapter  # the name from before the baselines (svd only), kept for imports
+
+
+def _check_no_adapter(model: nn.Module) -> None:
+    existing = getattr(model, _ATTACHED, None)
+    if existing is not None:
+        raise AdapterError(f"This model already has {existing.noun}; remove it first (remove_adapter).")
 
 
 def _unwrap(target) -> tuple[nn.Module, str | None, str | None, Any]:
@@ -438,20 +700,22 @@ def _unwrap(target) -> tuple[nn.Module, str | None, str | None, Any]:
     return model, target.family, target.name, target
 
 
-def get_adapter(target) -> SVDAdapter | None:
+def get_adapter(target) -> Adapter | None:
     model, *_ = _unwrap(target)
     return getattr(model, _ATTACHED, None)
 
 
 def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | None = None,
-                  model_name: str | None = None, freeze_base: bool = True) -> SVDAdapter:
+                  model_name: str | None = None, freeze_base: bool = True, lora_rank: int = 1,
+                  seed: int = 0) -> Adapter:
     """Wrap the target layers of a model (or a ``SegmentEngine``'s model) in an identity adapter.
 
-    ``config``: which layers (``target_modules`` globs; empty = family default) and, when it
-    carries a ``fingerprint`` (a loaded adapter), the base weights it must be applied to.
-    ``freeze_base``: set ``requires_grad=False`` on every base parameter (restored by remove),
-    so the adapter's deltas are the only trainable tensors. With an engine, sets its
-    ``adapter_tag``. Returns the adapter; its singular values equal the base ones.
+    ``config``: the method (``config.method``, default svd), which layers (``target_modules``
+    globs; empty = family default) and, when it carries a ``fingerprint`` (a loaded adapter),
+    the base weights it must be applied to. ``freeze_base``: set ``requires_grad=False`` on
+    every base parameter (restored by remove), so the adapter's parameters are the only
+    trainable tensors. ``lora_rank``, ``seed``: a fresh LoRA adapter's rank and the seed of its
+    A. With an engine, sets its ``adapter_tag``. Returns the adapter; W' = W for now.
     """
     model, engine_family, engine_name, engine = _unwrap(target)
     fresh = config is None or not config.fingerprint  # a saved adapter names its own family
@@ -465,8 +729,9 @@ def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | 
                            f"{engine_name!r} is a {engine_family!r} model.")
     if model_name is None:
         model_name = engine_name if engine_name is not None else config.base_model
-    if getattr(model, _ATTACHED, None) is not None:
-        raise AdapterError("This model already has an SVD adapter; remove it first (remove_adapter).")
+    _check_no_adapter(model)
+    if config.method not in LAYER_TYPES:
+        raise AdapterError(f"Unknown adapter method {config.method!r}; expected one of {', '.join(LAYER_TYPES)}.")
     if config.layers:  # a saved adapter: exactly its layers
         names = list(config.layers)
         _check_layers_fit(model, config)
@@ -487,7 +752,7 @@ def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | 
     else:
         config.base_model = model_name
     config.family, config.fingerprint = family, fingerprint
-    adapter = SVDAdapter(model, config, names)
+    adapter = Adapter(model, config, names, lora_rank=lora_rank, seed=seed)
     config.layers = {layer.name: layer.describe() for layer in adapter.layers}
     config.num_trainable = adapter.num_trainable
     if config.base_model_hub_id is None:
@@ -553,12 +818,24 @@ class AdapterFiles:
     """The validated contents of an adapter folder (no model needed)."""
 
     config: AdapterConfig
-    singular_values: dict[str, torch.Tensor]  # adapted s per layer
-    base_singular_values: dict[str, torch.Tensor]
+    tensors: dict[str, dict[str, torch.Tensor]]  # layer name -> tensor name (``file_shapes``) -> float32 tensor
     folder: Path
 
     def values(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {name: (self.base_singular_values[name], self.singular_values[name]) for name in self.config.layers}
+        """name -> (s_base, s) of an svd adapter (the plots' input)."""
+        if self.config.method != "svd":  # W and W' of the baselines need the base model: see Adapter.singular_values
+            raise AdapterError(f"{self.folder} holds {LAYER_TYPES[self.config.method].noun}, not singular values; "
+                               "apply it to its base model and use adapter.singular_values().")
+        return {name: (t[_S_BASE_KEY], t[_S_KEY]) for name, t in self.tensors.items()}
+
+    @property
+    def singular_values(self) -> dict[str, torch.Tensor]:
+        """Adapted s per layer (svd adapters)."""
+        return {name: s for name, (_, s) in self.values().items()}
+
+    @property
+    def base_singular_values(self) -> dict[str, torch.Tensor]:
+        return {name: base for name, (base, _) in self.values().items()}
 
 
 def read_adapter_folder(folder: str | Path) -> AdapterFiles:
@@ -587,28 +864,31 @@ def read_adapter_folder(folder: str | Path) -> AdapterFiles:
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise AdapterError(f"{weights_path} cannot be read as safetensors ({type(error).__name__}: {error}); the "
                            "file is truncated or corrupt. Re-download or re-export the adapter.") from None
-    expected = {f"{name}.{key}" for name in config.layers for key in (_S_KEY, _S_BASE_KEY)}
+    layer_type = LAYER_TYPES[config.method]
+    shapes = {name: layer_type.file_shapes(info) for name, info in config.layers.items()}
+    expected = {f"{name}.{key}" for name, keys in shapes.items() for key in keys}
     unknown, absent = sorted(set(tensors) - expected), sorted(expected - set(tensors))
     if unknown or absent:
         parts = ([f"unknown tensors {unknown}"] if unknown else []) + ([f"missing tensors {absent}"] if absent else [])
         raise AdapterError(f"{weights_path} does not match {CONFIG_FILE}: {'; '.join(parts)}.")
-    adapted, base = {}, {}
-    for name, info in config.layers.items():
-        for key, store in ((_S_KEY, adapted), (_S_BASE_KEY, base)):
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for name, keys in shapes.items():
+        rows, cols = config.layers[name]["matrix_shape"]
+        for key, shape in keys.items():
             t = tensors[f"{name}.{key}"]
             if not t.is_floating_point():
                 raise AdapterError(f"{weights_path}: {name}.{key} has dtype {t.dtype}, expected float.")
-            if tuple(t.shape) != (info["rank"],):
+            if tuple(t.shape) != shape:
+                need = f"{shape[0]} singular values" if config.method == "svd" else f"shape {shape} for it"
                 raise AdapterError(f"{weights_path}: {name}.{key} has shape {tuple(t.shape)}, but layer {name} "
-                                   f"({info['matrix_shape'][0]}x{info['matrix_shape'][1]}) has {info['rank']} "
-                                   "singular values.")
+                                   f"({rows}x{cols}) has {need}.")
             if not torch.isfinite(t).all():
                 raise AdapterError(f"{weights_path}: {name}.{key} contains NaN or infinite values.")
-            store[name] = t.float()
-    return AdapterFiles(config, adapted, base, folder)
+            layers.setdefault(name, {})[key] = t.float()
+    return AdapterFiles(config, layers, folder)
 
 
-def save_adapter(adapter: SVDAdapter, folder: str | Path, *, training: dict | None = None,
+def save_adapter(adapter: Adapter, folder: str | Path, *, training: dict | None = None,
                  metrics: dict | None = None, training_log: dict | None = None, plot: bool = True) -> Path:
     """Write adapter.safetensors, adapter_config.json and README.md (+ plot, log) into ``folder``."""
     from safetensors.torch import save_file
@@ -621,21 +901,23 @@ def save_adapter(adapter: SVDAdapter, folder: str | Path, *, training: dict | No
     if metrics is not None:
         config.metrics = dict(metrics)
     save_file(adapter.state_tensors(), str(folder / WEIGHTS_FILE),
-              metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "base_model": config.base_model,
-                        "fingerprint": config.fingerprint})
+              metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "method": config.method,
+                        "base_model": config.base_model, "fingerprint": config.fingerprint})
     (folder / CONFIG_FILE).write_text(config.to_json() + "\n", encoding="utf-8")
     if training_log is not None:
         (folder / LOG_FILE).write_text(json.dumps(training_log, indent=1, default=_json_default), encoding="utf-8")
     if plot:
         from samdemo.plots import singular_value_plot
 
-        figure = singular_value_plot(adapter)
+        # The default title speaks of singular values being trained; the baselines train W itself.
+        title = None if config.method == "svd" else f"{LAYER_TYPES[config.method].card_title}: singular values of W, W'"
+        figure = singular_value_plot(adapter, title=title)
         figure.savefig(folder / PLOT_FILE, dpi=110)
     (folder / CARD_FILE).write_text(model_card(config, has_plot=(folder / PLOT_FILE).exists()), encoding="utf-8")
     return folder
 
 
-def load_adapter(target, folder: str | Path, *, freeze_base: bool = True, merge: bool = False) -> SVDAdapter:
+def load_adapter(target, folder: str | Path, *, freeze_base: bool = True, merge: bool = False) -> Adapter:
     """Apply the adapter saved in ``folder`` to a model or engine, after validating everything.
 
     Refuses (AdapterError) a malformed folder, layers that do not exist or have other shapes,
@@ -650,13 +932,7 @@ def load_adapter(target, folder: str | Path, *, freeze_base: bool = True, merge:
                            f"but {engine_name!r} is a {engine_family!r} model.")
     adapter = apply_adapter(target, files.config, freeze_base=freeze_base)
     try:
-        for layer in adapter.layers:
-            stored, recomputed = files.base_singular_values[layer.name], layer.s_base.detach().float().cpu()
-            error = float((stored - recomputed).abs().max() / recomputed.abs().max().clamp(min=1e-12))
-            if error > BASE_S_RTOL:
-                raise AdapterError(f"{folder}: the base singular values stored for {layer.name} differ from this "
-                                   f"model's by {error:.2e} (relative); the adapter belongs to other weights.")
-        adapter.set_singular_values(files.singular_values)
+        adapter.load_state(files.tensors, str(folder))
     except BaseException:
         adapter.remove()
         raise
@@ -669,17 +945,20 @@ def model_card(config: AdapterConfig, has_plot: bool = False) -> str:
     """A Hugging Face model card (YAML front matter + Markdown) for an adapter."""
     import yaml
 
+    layer_type = LAYER_TYPES[config.method]
     family_tag = "sam2" if config.family == "sam2" else "sam"
     front: dict[str, Any] = {
         "library_name": "samdemo",
-        "tags": ["segment-anything", family_tag, "adversarial-robustness", "svd", "singular-value-adapter",
+        "tags": ["segment-anything", family_tag, "adversarial-robustness", *layer_type.card_tags,
                  "image-segmentation"],
         "pipeline_tag": "mask-generation",
     }
     if config.base_model_hub_id:
         front["base_model"] = config.base_model_hub_id
     layers = "\n".join(f"| `{name}` | {info['type']} | {info['matrix_shape'][0]} x {info['matrix_shape'][1]} | "
-                       f"{info['rank']} |" for name, info in config.layers.items())
+                       f"{info['rank']} | {layer_type.count(info)} |" for name, info in config.layers.items())
+    ranks = ", ".join(str(r) for r in sorted({info["rank"] for info in config.layers.values()}))
+    how = layer_type.card_how.format(n=config.num_trainable, ranks=ranks)
     metrics = _metrics_table(config.metrics)
     training = "\n".join(f"- `{k}`: {v}" for k, v in config.training.items()) or "- (not recorded)"
     plot = f"\n![Original vs adapted singular values]({PLOT_FILE})\n" if has_plot else ""
@@ -689,13 +968,11 @@ def model_card(config: AdapterConfig, has_plot: bool = False) -> str:
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 
-# SVD robustness adapter for `{config.base_model}`
+# {layer_type.card_title} for `{config.base_model}`
 
-A singular-value adapter (Robust SAM, arXiv 2504.08906) for the {'SAM 2' if config.family == 'sam2' else 'SAM'} model
+{layer_type.card_intro} for the {'SAM 2' if config.family == 'sam2' else 'SAM'} model
 `{config.base_model}`{hub_link}.
-Each targeted weight is decomposed as W = U diag(s) V^T; U and V are frozen (recomputed from the
-base weights at load time, never stored) and only the **{config.num_trainable} singular values** s
-were trained, adversarially, to keep masks right under attack.
+{how}
 
 ## Use
 
@@ -713,8 +990,8 @@ The adapter refuses to load onto other weights: base-weight fingerprint `{config
 
 ## Layers
 
-| module | type | matrix | singular values |
-|---|---|---|---|
+| module | type | matrix | rank | trainable values |
+|---|---|---|---|---|
 {layers}
 {plot}
 ## Evaluation
@@ -727,11 +1004,11 @@ The adapter refuses to load onto other weights: base-weight fingerprint `{config
 
 ## Files
 
-- `{WEIGHTS_FILE}`: per layer `<module>.{_S_KEY}` (adapted s) and `<module>.{_S_BASE_KEY}` (the base
-  model's s, for reference), float32.
-- `{CONFIG_FILE}`: base model, fingerprint, layers, counts, training recipe and metrics.
+- `{WEIGHTS_FILE}`: {layer_type.card_files}
+- `{CONFIG_FILE}`: method, base model, fingerprint, layers, counts, training recipe and metrics.
 
-Format `{FORMAT_NAME}` version {FORMAT_VERSION}, written by samdemo (parametrisation: s = s_base + delta).
+Format `{FORMAT_NAME}` version {FORMAT_VERSION}, written by samdemo (method `{config.method}`:
+{layer_type.formula}).
 """
 
 

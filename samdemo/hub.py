@@ -1,4 +1,6 @@
-"""Push an SVD adapter folder to the Hugging Face Hub (``python -m samdemo push-adapter DIR --repo owner/name``).
+"""Push an adapter folder to the Hugging Face Hub (``python -m samdemo push-adapter DIR --repo owner/name``).
+
+Any method (svd, lora, full: ``samdemo.adapter``); the folder says which.
 
 Loading: :func:`load_adapter` takes a local folder or a Hub repo id ``owner/name`` (with an
 optional revision: branch, tag or commit hash). Hub downloads go through
@@ -18,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from samdemo.adapter import ADAPTER_FILES, AdapterError, SVDAdapter, read_adapter_folder
+from samdemo.adapter import ADAPTER_FILES, Adapter, AdapterError, read_adapter_folder
 from samdemo.adapter import load_adapter as _load_local
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -72,10 +74,11 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
 
 
 def load_adapter(target, source: str | Path, revision: str | None = None, *, cache_dir=None,
-                 freeze_base: bool = True, merge: bool = False) -> SVDAdapter:
+                 freeze_base: bool = True, merge: bool = False) -> Adapter:
     """Apply the adapter from a local folder or a Hub repo (``owner/name`` at ``revision``) to a model/engine.
 
-    Everything is validated first (``samdemo.adapter.load_adapter``); ``merge=True`` merges it at once.
+    Everything is validated first (``samdemo.adapter.load_adapter``, which dispatches on the folder's
+    ``method``: svd, lora or full); ``merge=True`` merges it at once.
     """
     return _load_local(target, resolve_adapter(source, revision, cache_dir), freeze_base=freeze_base, merge=merge)
 
@@ -99,8 +102,8 @@ def push_adapter(folder: str | Path, repo_id: str, revision: str | None = None, 
     branch = revision or "main"
     if branch != "main":
         api.create_branch(repo_id, branch=branch, exist_ok=True)
-    message = commit_message or (f"Upload SVD adapter for {files.config.base_model} "
-                                 f"({files.config.num_trainable} singular values)")
+    message = commit_message or (f"Upload {files.config.method} adapter for {files.config.base_model} "
+                                 f"({files.config.num_trainable} trainable values)")
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=branch, allow_patterns=present,
                              commit_message=message)
 

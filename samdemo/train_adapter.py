@@ -1,7 +1,9 @@
-"""Train an SVD robustness adapter adversarially (``python -m samdemo train-adapter``).
+"""Train a robustness adapter adversarially (``python -m samdemo train-adapter``).
 
-Only the adapter's singular values move (``samdemo.adapter``; 512 on Meta's models, 256 on the
-embedded small ones, by default).
+Only the adapter's parameters move (``samdemo.adapter``): with ``--method svd`` (default, the
+Robust SAM defense) the singular values of the target layers (512 on Meta's models, 256 on the
+embedded small ones, by default); the baselines ``--method lora`` (rank ``--lora-rank``) and
+``--method full`` (the whole weights) parametrise the *same* layers and go through the same loop.
 Every step, on a batch of images with target masks:
 
 1. **Attack** the *current adapted* model (white box, so the defense never trains against a
@@ -18,18 +20,24 @@ folder of images, no labels) uses the *original* model's own clean segments (its
 4 x 4 point grid, computed once before training), so the adapter learns to keep the original
 model's clean behaviour under attack.
 
-Optimiser: Adam on each layer's delta with learning rate ``lr x mean(s_base of that layer)``
-(a relative step, the same for every layer and model size), linear warm-up, cosine decay to
-10 %. Seeds: per-step streams ``(seed, step)`` for data, prompts and attacks, so a resumed run
-repeats an uninterrupted one. Checkpoints (``RUN_DIR/state.pt``, read back with
-``weights_only=True``) every ``--checkpoint-every`` steps; ``RUN_DIR/log.json`` holds the loss
-per step and the held-out evaluation: clean mIoU (``quality.prompt_quality``) and mIoU after
+Optimiser: Adam, one group per trainable tensor with learning rate ``lr x`` a per-tensor scale
+(``Adapter.param_groups``: svd ``mean(s_base)``; full ``rms(W)``; lora ``rms(A)`` for A and
+``||W||_F / (sqrt(out) ||A||_F)`` for B), so that one step changes each W by about
+``lr x ||W||_F`` whatever the method: a relative step, the same for every method, layer and
+model size. Linear warm-up, cosine decay to 10 %. Seeds: per-step streams ``(seed, step)``
+for data, prompts and attacks (and LoRA's initial A: ``seed``), so a resumed run repeats an
+uninterrupted one. Checkpoints (``RUN_DIR/state.pt``, read back with ``weights_only=True``)
+every ``--checkpoint-every`` steps; ``RUN_DIR/log.json`` holds the method, the loss per step
+and the held-out evaluation: clean mIoU (``quality.prompt_quality``) and mIoU after
 each ``--eval-attacks`` attack crafted against the model being evaluated (step 0 = the
 original model). The result is an adapter folder (``--out``, default
-``checkpoints/<model>-adapter``, where the app finds the shipped adapter): adapter.safetensors,
-adapter_config.json (recipe + metrics), README.md model card, singular_values.png.
+``checkpoints/<model>-adapter``, where the app finds the shipped adapter, for svd, and
+``checkpoints/<model>-adapter-lora-r<R>`` / ``-adapter-full`` for the baselines):
+adapter.safetensors, adapter_config.json (method, recipe + metrics), README.md model card,
+singular_values.png.
 
     python -m samdemo train-adapter --model sam-small            # -> checkpoints/sam-small-adapter
+    python -m samdemo train-adapter --model sam-small --method lora --lora-rank 1   # -> ...-adapter-lora-r1
     python -m samdemo train-adapter --model sam2-small --data ~/photos --out /tmp/sam2-photos-adapter
 
 Defaults are sized for sam-small / sam2-small on the 2-core CPU box: 400 steps of 4 scenes
@@ -53,7 +61,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from samdemo.adapter import AdapterConfig, SVDAdapter, apply_adapter, save_adapter
+from samdemo.adapter import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_adapter, save_adapter
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.prompts import Prompt, prompts_from_mask
 from samdemo.quality import prompt_quality
@@ -68,10 +76,12 @@ class AdapterTrainConfig:
     arch: str = ""  # architecture YAML with random weights instead of --model's weights (tests, smoke runs)
     data: str = "scenes"  # "scenes" or a folder of images
     targets: str = ""  # comma-separated module globs; "" = the family's default
+    method: str = "svd"  # svd (the defense), lora or full (baselines on the same layers)
+    lora_rank: int = 1
     steps: int = 400
     batch: int = 4
     instances: int = 3  # target instances per image per step (a point, a box and a mask prompt each)
-    lr: float = 0.005  # relative: layer lr = lr x mean(s_base)
+    lr: float = 0.005  # relative: one step changes each W by about lr x ||W||_F (Adapter.param_groups)
     warmup: int = 10
     adv_weight: float = 1.0
     clean_weight: float = 1.0
@@ -97,6 +107,10 @@ class AdapterTrainConfig:
 
     def target_list(self) -> list[str]:
         return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+    def variant(self) -> str:
+        """Suffix of the default out and run folders: "" for svd, so the baselines never overwrite it."""
+        return {"svd": "", "lora": f"-lora-r{self.lora_rank}"}.get(self.method, f"-{self.method}")
 
 
 # ---------------------------------------------------------------------- data
@@ -282,43 +296,42 @@ def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None =
     data = SceneData(size) if cfg.data == "scenes" else FolderData(Path(cfg.data), engine, size, cfg.eval_scenes)
     eval_set = data.heldout(cfg.eval_scenes)
 
-    adapter = apply_adapter(engine, AdapterConfig(target_modules=cfg.target_list()))
+    adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
+                            lora_rank=cfg.lora_rank, seed=cfg.seed)
     try:
         return _train(cfg, run_dir, out_dir, resume, registry, engine, adapter, data, eval_set)
     finally:
         adapter.remove()
 
 
-def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: SVDAdapter, data, eval_set) -> dict:
-    groups = [{"params": [layer.delta], "lr": cfg.lr * scale, "name": layer.name}
-              for layer, scale in zip(adapter.layers, adapter.lr_scales())]
-    optimizer = torch.optim.Adam(groups)
+def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, data, eval_set) -> dict:
+    optimizer = torch.optim.Adam(adapter.param_groups(cfg.lr))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(cfg.steps, 1))))))
     state_path, log_path = run_dir / "state.pt", run_dir / "log.json"
-    log: dict = {"config": asdict(cfg), "model": engine.name, "data": data.description,
+    log: dict = {"config": asdict(cfg), "model": engine.name, "data": data.description, "method": adapter.method,
                  "layers": adapter.names, "num_trainable": adapter.num_trainable,
                  "fingerprint": adapter.config.fingerprint, "train": [], "eval": [], "seconds": 0.0}
     step = 0
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != adapter.config.fingerprint or list(state["singular_values"]) != adapter.names:
-            raise RuntimeError(f"{state_path} belongs to another model or target layers; use --no-resume or another "
-                               "--run-dir.")
-        with torch.no_grad():  # the deltas themselves: bit-exact resume
-            for layer in adapter.layers:
-                layer.delta.copy_(state["deltas"][layer.name])
+        if "deltas" in state:  # written before the baselines: svd, one "delta" per layer
+            state |= {"method": "svd", "layers": list(state["deltas"]),
+                      "adapter": {f"layers.{i}.delta": d for i, d in enumerate(state["deltas"].values())}}
+        if (state.get("fingerprint"), state["method"], state["layers"]) != (
+                adapter.config.fingerprint, adapter.method, adapter.names):
+            raise RuntimeError(f"{state_path} belongs to another model, method or target layers; use --no-resume or "
+                               "another --run-dir.")
+        adapter.load_state_dict(state["adapter"])  # the parameters themselves: bit-exact resume
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step = int(state["step"])
         log = json.loads(log_path.read_text())
 
     def save():
-        values = {name: s.detach().clone() for name, (_, s) in adapter.singular_values().items()}
-        deltas = {layer.name: layer.delta.detach().cpu().clone() for layer in adapter.layers}
-        torch.save({"singular_values": values, "deltas": deltas, "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "step": step, "fingerprint": adapter.config.fingerprint},
-                   state_path)
+        torch.save({"method": adapter.method, "layers": adapter.names, "adapter": adapter.state_dict(),
+                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step,
+                    "fingerprint": adapter.config.fingerprint}, state_path)
         log_path.write_text(json.dumps(log, indent=1))
 
     def run_eval():
@@ -343,7 +356,7 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: SVDAdapter,
         attack = registry[name](engine, eps=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
                                 random_start=True, seed=cfg.seed * 1_000_003 + step)
         adv = attack.forward(images, prompts=[list(p) for p in prompts]).adv_images.to(engine.device)
-        optimizer.zero_grad(set_to_none=True)  # the attack may have left gradients on the deltas
+        optimizer.zero_grad(set_to_none=True)  # the attack may have left gradients on the adapter
         loss_adv = prompted_loss(engine, adv, list(prompts), list(targets))
         loss_clean = prompted_loss(engine, images, list(prompts), list(targets))
         loss = cfg.adv_weight * loss_adv + cfg.clean_weight * loss_clean
@@ -374,7 +387,8 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: SVDAdapter,
         metrics = metrics_table(cfg, baseline, final, data.description)
         recipe = asdict(cfg) | {"eps_255": round(cfg.eps * 255, 3), "completed_steps": step,
                                 "train_seconds": round(log["seconds"], 1), "data_description": data.description,
-                                "lr_per_layer": {g["name"]: g["lr"] for g in optimizer.param_groups},
+                                "num_trainable": adapter.num_trainable, "lr_rule": LAYER_TYPES[cfg.method].lr_rule,
+                                "lr_per_tensor": {g["name"]: g["lr"] for g in optimizer.param_groups},
                                 "objective": "adv_weight * L_seg(adversarial) + clean_weight * L_seg(clean); "
                                              "L_seg = 20 focal + dice + IoU MSE (train_base.segmentation_loss)"}
         save_adapter(adapter, out_dir, training=recipe, metrics=metrics, training_log=log)
@@ -396,9 +410,11 @@ HELP = {
     "arch": "architecture YAML with random weights instead of --model (tests, smoke runs)",
     "data": "'scenes' (procedural scenes, ground-truth masks) or a folder of images (label-free)",
     "targets": "comma-separated module globs to adapt (default: the family's neck layers)",
+    "method": "svd (singular values, the defense), lora or full (baselines on the same layers)",
+    "lora_rank": "rank of the LoRA update (--method lora)",
     "steps": "optimiser steps", "batch": "images per step",
     "instances": "target masks per image per step (a point, a box and a mask prompt each)",
-    "lr": "relative learning rate: each layer's is lr x its mean singular value",
+    "lr": "relative learning rate: a step changes each weight by about lr x its Frobenius norm",
     "warmup": "linear warm-up steps (then cosine decay to 10 %%)",
     "adv_weight": "weight of the loss on adversarial images", "clean_weight": "weight of the loss on clean images",
     "attacks": "comma-separated attacks to train against, one per step in turn",
@@ -417,13 +433,17 @@ HELP = {
 def configure_parser(parser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="adapter folder to write (default: checkpoints/<model>-adapter, where the app looks for "
-                             "the shipped adapter; required with --arch)")
+                             "the shipped adapter; checkpoints/<model>-adapter-lora-r<R> / -adapter-full for the "
+                             "baselines; required with --arch)")
     parser.add_argument("--run-dir", type=Path, default=None,
-                        help="checkpoints and log.json (default: runs/adapter-<model>); reruns resume from it")
+                        help="checkpoints and log.json (default: runs/adapter-<model>[-lora-r<R>|-full]); reruns "
+                             "resume from it")
     for name, default in asdict(AdapterTrainConfig()).items():
         flag = f"--{name.replace('_', '-')}"
         if name == "eps":
             parser.add_argument(flag, type=parse_eps, default=default, help="L-inf budget, e.g. 8/255 (default)")
+        elif name == "method":
+            parser.add_argument(flag, choices=METHODS, default=default, help=f"{HELP[name]} (default: {default})")
         else:
             parser.add_argument(flag, type=type(default), default=default,
                                 help=f"{HELP.get(name, '')} (default: {default})".strip())
@@ -436,8 +456,8 @@ def run(args) -> int:
         raise ValueError("--out is required with --arch (a random-weight model has no shipped adapter folder).")
     from samdemo.build import CHECKPOINT_DIR
 
-    out = args.out or CHECKPOINT_DIR / f"{cfg.model}-adapter"
-    run_dir = args.run_dir or Path("runs") / f"adapter-{cfg.model}"
+    out = args.out or CHECKPOINT_DIR / f"{cfg.model}-adapter{cfg.variant()}"
+    run_dir = args.run_dir or Path("runs") / f"adapter-{cfg.model}{cfg.variant()}"
     log = train_adapter(cfg, run_dir, out, resume=not args.no_resume)
     if log["eval"]:
         print(f"held-out mIoU: step 0: {_summary(log['eval'][0])}; step {log['eval'][-1]['step']}: "
