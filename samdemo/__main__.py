@@ -12,6 +12,7 @@ COMMANDS = {
     "attack": "samdemo.attacks.cli",
     "push-adapter": "samdemo.hub",
     "train-adapter": "samdemo.train_adapter",
+    "evaluate": "samdemo.evaluate",
 }
 
 

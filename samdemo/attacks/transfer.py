@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from samdemo.attacks import ATTACKS, make_attack
+from samdemo.attacks import ATTACKS, AttackResult, make_attack
 from samdemo.attacks.base import DEFAULT_EPS, DEFAULT_STEPS
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.metrics import batch_iou
@@ -59,6 +59,29 @@ def predict_types(engine: SegmentEngine, image: torch.Tensor, objects: list[dict
     return {t: engine.decode(features, [o[t] for o in objects], validate=False).masks.cpu() for t in types}
 
 
+def attack_rows(attacks: Sequence[str], craft_types: Sequence[str] = EVAL_TYPES) -> list[tuple[str, str, str | None]]:
+    """Rows of a transfer matrix: (label, attack, crafting prompt type or None for prompt-free attacks).
+
+    A prompt-free attack is one row; a prompt-specific one a row per crafting type, ``mask@box``.
+    """
+    rows: list[tuple[str, str, str | None]] = []
+    for name in attacks:
+        if name not in ATTACKS:
+            raise ValueError(f"Unknown attack {name!r}; choose among {', '.join(ATTACKS)}.")
+        if ATTACKS[name].uses_prompts:
+            rows += [(f"{name}@{t}", name, t) for t in craft_types]
+        else:
+            rows.append((name, name, None))
+    return rows
+
+
+def craft_attack(engine: SegmentEngine, image: torch.Tensor, objects: list[dict[str, Prompt]], attack: str,
+                 craft_type: str | None, **kwargs) -> AttackResult:
+    """Run ``attack`` against ``engine`` on a 1 x 3 x H x W image; a prompt-specific attack is crafted with
+    every object's ``craft_type`` prompt. ``kwargs`` go to :func:`make_attack` (eps, steps, seed...)."""
+    return make_attack(attack, engine, **kwargs)(image, [o[craft_type] for o in objects] if craft_type else None)
+
+
 def transfer_matrix(engine: SegmentEngine, image: np.ndarray, gt_masks: np.ndarray | None = None,
                     prompts: Sequence[Prompt] | None = None, attacks: Sequence[str] = DEFAULT_ATTACKS,
                     eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS, generator: str = "pgd", seed: int = 0,
@@ -77,20 +100,11 @@ def transfer_matrix(engine: SegmentEngine, image: np.ndarray, gt_masks: np.ndarr
     """
     eval_engine = eval_engine or engine
     attack_kwargs = attack_kwargs or {}
-    for name in attacks:
-        if name not in ATTACKS:
-            raise ValueError(f"Unknown attack {name!r}; choose among {', '.join(ATTACKS)}.")
+    rows = attack_rows(attacks, craft_types)
     objects, masks = object_prompts(eval_engine, image, gt_masks, prompts)
     x = image_to_tensor(image)
     gt = torch.as_tensor(masks) if gt_masks is not None else None
     clean_pred = predict_types(eval_engine, x, objects, eval_types)
-
-    rows: list[tuple[str, str, str | None]] = []  # (label, attack, crafting type)
-    for name in attacks:
-        if ATTACKS[name].uses_prompts:
-            rows += [(f"{name}@{t}", name, t) for t in craft_types]
-        else:
-            rows.append((name, name, None))
 
     n = len(objects)
     vs_clean = np.zeros((len(rows), len(eval_types), n))
@@ -98,9 +112,8 @@ def transfer_matrix(engine: SegmentEngine, image: np.ndarray, gt_masks: np.ndarr
     seconds, adv_images = {}, {}
     for r, (label, name, craft) in enumerate(rows):
         callback = (lambda t, total, label=label: progress(label, t, total)) if progress else None
-        attack = make_attack(name, engine, eps=eps, steps=steps, generator=generator, seed=seed, progress=callback,
-                             cancel=cancel, **attack_kwargs.get(name, {}))
-        result = attack(x, [o[craft] for o in objects] if craft else None)
+        result = craft_attack(engine, x, objects, name, craft, eps=eps, steps=steps, generator=generator, seed=seed,
+                              progress=callback, cancel=cancel, **attack_kwargs.get(name, {}))
         seconds[label] = result.seconds
         adv_pred = predict_types(eval_engine, result.adv_images, objects, eval_types)
         for c, t in enumerate(eval_types):

@@ -1,0 +1,482 @@
+"""Evaluate attacks and defenses over a dataset (``python -m samdemo evaluate``).
+
+    python -m samdemo evaluate --model sam-small --adapter checkpoints/sam-small-adapter --data scenes \
+        --attacks cross-prompt,mask,feature,random --prompts point,box,mask --eps 8 --steps 10 \
+        --limit 50 --seed 0 --out runs/eval
+
+Defenses: ``none`` (the original model) and one per ``--adapter`` (a local folder or Hub id,
+``samdemo.hub.load_adapter`` on its own copy of the model), labelled by the folder name (the
+repo id for the Hub) and the ``method`` of its adapter_config.json ("svd" when absent). Modes:
+``white-box`` (defense none: crafted and evaluated on the original model), ``transfer`` (crafted
+on the original model, evaluated on the defense; each attack is crafted once per image and
+evaluated on every defense) and ``adaptive`` (crafted on the defense itself).
+
+Objects: the ``--max-instances`` largest ground-truth instances of an image, each prompted
+with its centre-most point (``point``), tight box (``box``), its mask (``mask``) and optionally
+three positive points drawn uniformly from it (``points``). Attacks and point draws are seeded
+per image from ``--seed`` and the image name, so results do not depend on the image order.
+
+Metrics per record (one defense x mode x attack x crafting type x evaluation type), pooled over
+all instances of all images: ``miou_gt`` (adversarial prediction vs ground truth),
+``miou_clean`` (vs the same model's clean prediction with the same prompt), ``clean_miou_gt``
+(no attack), ``asr`` (fraction of instances with IoU(adversarial, clean prediction) < 0.5), each
+with a 95 % percentile-bootstrap interval over images (1000 resamples of whole images, the same
+resamples for every record, seeded by ``--seed``).
+
+Files in ``--out``:
+
+* ``per_image.jsonl``: line 1 ``{"settings": {...}}``, then one line per image:
+  ``{"name", "instances", "seconds", "clean": {defense: {type: [IoU vs GT per instance]}},
+  "attacked": [{"defense", "mode", "attack", "crafted_with", "evaluated_with", "iou_gt": [...],
+  "iou_clean": [...]}]}`` (or ``{"name", "instances": 0, "skipped": reason}``). A rerun with the
+  same settings skips the images already there (``--limit`` may change); other settings are an error.
+* ``results.json``: ``{"header": {"settings": {"model", "adapters", "data", "attacks", "prompts",
+  "eps" (1/255 units), "steps", "generator", "seed", "max_instances", "max_side", "defenses":
+  [{"label", "method", "ref", "digest"}]}, "limit", "images", "instances", "skipped" (names),
+  "ci": {"method", "level", "resamples", "seed"}, "asr_threshold", "versions", "created"},
+  "records": [{"model", "defense", "method", "mode", "attack", "crafted_with", "evaluated_with",
+  "n" (instances), "images", "miou_gt", "miou_gt_ci", "miou_clean", "miou_clean_ci",
+  "clean_miou_gt", "clean_miou_gt_ci", "asr", "asr_ci"}]}``; ``*_ci`` are ``[low, high]``;
+  ``crafted_with`` is "none" for prompt-free attacks.
+* ``results.csv`` (the records, ``*_ci`` split into ``*_lo`` / ``*_hi``), ``report.md``,
+  ``bars.png`` (mIoU vs GT and ASR per attack and prompt type), ``transfer.png`` (heatmaps
+  crafted-with x evaluated-with of the IoU vs the clean prediction).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import platform
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows, craft_attack, object_prompts, predict_types
+from samdemo.engine import SegmentEngine, image_to_tensor
+from samdemo.metrics import batch_iou
+from samdemo.prompts import Prompt
+
+PROMPT_TYPES = ("point", "points", "box", "mask")
+DEFAULT_PROMPTS = ("point", "box", "mask")
+ASR_THRESHOLD = 0.5  # an instance is "fooled" when IoU(adversarial, clean prediction) < 0.5
+CI_LEVEL, CI_RESAMPLES = 0.95, 1000
+SAMPLED_POINTS = 3
+LOG_FILE = "per_image.jsonl"
+
+
+@dataclass
+class Defense:
+    """label: "none" or the adapter's name; method: "none" or the adapter's method; ref: as given."""
+
+    label: str
+    method: str
+    engine: SegmentEngine
+    ref: str | None = None
+    digest: str | None = None  # sha256 of the adapter's config and weights (a changed adapter is a new run)
+
+
+@dataclass
+class Settings:
+    """Everything that determines the numbers (a resumed run must match); eps in 1/255 units."""
+
+    model: str
+    adapters: list[str]
+    data: str
+    attacks: list[str]
+    prompts: list[str]
+    eps: float
+    steps: int
+    generator: str
+    seed: int
+    max_instances: int
+    max_side: int
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def configure_parser(parser) -> None:
+    from samdemo.attacks import GENERATORS
+    from samdemo.attacks.base import DEFAULT_STEPS
+    from samdemo.build import DEFAULT_MODEL
+    from samdemo.datasets import DEFAULT_MAX_SIDE
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default {DEFAULT_MODEL})")
+    parser.add_argument("--adapter", action="append", default=[], metavar="REF",
+                        help="defense: adapter folder or Hub id owner/name; repeat for several")
+    parser.add_argument("--data", default="scenes", help="scenes[:N] | DIR | coco:ANN.json[:IMAGES_DIR] | sa1b:DIR "
+                                                          "(see samdemo/datasets.py); default scenes")
+    parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma-separated attacks")
+    parser.add_argument("--prompts", default=",".join(DEFAULT_PROMPTS),
+                        help=f"comma-separated prompt types among {', '.join(PROMPT_TYPES)}")
+    parser.add_argument("--eps", type=float, default=8.0, help="L-inf bound in 1/255 units (0..32), default 8")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="attack iterations, default 10")
+    parser.add_argument("--generator", default="pgd", choices=list(GENERATORS))
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    parser.add_argument("--max-instances", type=int, default=8, help="largest instances per image, default 8")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help=f"downscale larger images to this longest side, default {DEFAULT_MAX_SIDE}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+
+
+def parse_settings(args) -> Settings:
+    """Validate the arguments; ValueError with one clear message otherwise."""
+    from samdemo.attacks.base import validate_steps
+    from samdemo.build import get_spec
+
+    get_spec(args.model)  # unknown model: a clear error before anything is loaded
+    attacks = _split(args.attacks, "--attacks")
+    attack_rows(attacks)  # unknown attack names
+    prompts = _split(args.prompts, "--prompts")
+    unknown = [p for p in prompts if p not in PROMPT_TYPES]
+    if unknown:
+        raise ValueError(f"Unknown prompt type {unknown[0]!r} in --prompts; choose among {', '.join(PROMPT_TYPES)}.")
+    if not 0 <= args.eps <= 32:
+        raise ValueError(f"--eps is in 1/255 units and must be between 0 and 32; got {args.eps:g}.")
+    validate_steps(args.steps)
+    for name in ("limit", "max_instances", "max_side"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}.")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0; got {args.seed}.")
+    if len(set(args.adapter)) < len(args.adapter):
+        raise ValueError("The same --adapter is given twice.")
+    return Settings(args.model, list(args.adapter), args.data, attacks, prompts, float(args.eps), args.steps,
+                    args.generator, args.seed, args.max_instances, args.max_side)
+
+
+def _split(value: str, option: str) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items or len(set(items)) < len(items):
+        raise ValueError(f"{option} must be a comma-separated list without repeats; got {value!r}.")
+    return items
+
+
+def run(args) -> int:
+    from samdemo.datasets import open_dataset
+
+    settings = parse_settings(args)
+    base = SegmentEngine.from_name(settings.model)
+    dataset = open_dataset(settings.data, scene_size=base.image_size, max_side=settings.max_side)
+    defenses = load_defenses(base, settings.adapters)
+    results = evaluate(defenses, dataset, settings, args.out, limit=args.limit)
+    header = results["header"]
+    print(f"{header['images']} images, {header['instances']} instances, {len(results['records'])} records "
+          f"-> {args.out / 'report.md'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ defenses
+def load_defenses(base: SegmentEngine, refs: list[str]) -> list[Defense]:
+    """``none`` (``base`` itself) and, per ref, an adapter loaded onto a copy of the base model."""
+    from samdemo.hub import load_adapter, resolve_adapter
+
+    base.model.requires_grad_(False)  # attacks need gradients to the pixels only
+    defenses = [Defense("none", "none", base)]
+    for ref in refs:
+        folder = resolve_adapter(ref)
+        engine = SegmentEngine(copy.deepcopy(base.model), base.family, name=base.name)
+        load_adapter(engine, folder)
+        engine.model.requires_grad_(False)
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        label = Path(ref).expanduser().resolve().name if Path(ref).expanduser().is_dir() else ref
+        if label in [d.label for d in defenses]:
+            raise ValueError(f"Two defenses would both be called {label!r}; rename one adapter folder.")
+        defenses.append(Defense(label, str(config.get("method", "svd")), engine, ref, _folder_digest(folder)))
+    return defenses
+
+
+def _folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted([folder / "adapter_config.json", *folder.glob("*.safetensors")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ one image
+def image_seed(seed: int, name: str) -> int:
+    """Per-image seed: independent of the image order, so a resumed run draws the same."""
+    return zlib.crc32(f"{seed}/{name}".encode())
+
+
+def largest_instances(masks: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest N x H x W masks, in their original order."""
+    order = np.argsort(-masks.sum(axis=(1, 2)), kind="stable")[:k]
+    return masks[np.sort(order)]
+
+
+def sampled_points(mask: np.ndarray, rng: np.random.Generator, k: int = SAMPLED_POINTS) -> Prompt:
+    """``k`` positive points drawn uniformly from the pixels of an H x W mask (x, y in pixels)."""
+    ys, xs = np.nonzero(mask)
+    pick = rng.choice(len(xs), size=k, replace=len(xs) < k)
+    return Prompt(points=np.stack([xs[pick], ys[pick]], 1).astype(np.float32), labels=np.ones(k, np.int64))
+
+
+def evaluate_image(defenses: list[Defense], image: np.ndarray, masks: np.ndarray, settings: Settings,
+                   seed: int) -> dict:
+    """Raw per-instance IoUs of one H x W x 3 uint8 image with N x H x W ground-truth masks (N >= 1)."""
+    objects, masks = object_prompts(defenses[0].engine, image, largest_instances(masks, settings.max_instances))
+    if "points" in settings.prompts:
+        rng = np.random.default_rng(seed)
+        for prompts, mask in zip(objects, masks):
+            prompts["points"] = sampled_points(mask, rng)
+    types = settings.prompts
+    x, gt = image_to_tensor(image), torch.as_tensor(masks)
+    clean = {d.label: predict_types(d.engine, x, objects, types) for d in defenses}
+    entry = {"instances": len(objects), "clean": {d.label: {t: _ious(clean[d.label][t], gt) for t in types}
+                                                  for d in defenses}, "attacked": []}
+    rows = attack_rows(settings.attacks, types)
+    for crafter in defenses:
+        # the original model's attacks are evaluated on every defense (transfer): crafted once
+        targets = defenses if crafter is defenses[0] else [crafter]
+        for _, attack, craft in rows:
+            result = craft_attack(crafter.engine, x, objects, attack, craft, eps=settings.eps / 255,
+                                  steps=settings.steps, generator=settings.generator, seed=seed)
+            for target in targets:
+                mode = "white-box" if target is defenses[0] else "transfer" if crafter is defenses[0] else "adaptive"
+                adv = predict_types(target.engine, result.adv_images, objects, types)
+                entry["attacked"] += [{"defense": target.label, "mode": mode, "attack": attack,
+                                       "crafted_with": craft or "none", "evaluated_with": t,
+                                       "iou_gt": _ious(adv[t], gt), "iou_clean": _ious(adv[t], clean[target.label][t])}
+                                      for t in types]
+    return entry
+
+
+def _ious(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
+    return [round(v, 6) for v in batch_iou(pred, target).tolist()]
+
+
+# ------------------------------------------------------------------------------------------ the run
+def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, limit: int | None = None) -> dict:
+    """Evaluate the first ``limit`` samples of ``dataset`` (resuming from ``out/per_image.jsonl``), then
+    write results.json, results.csv, report.md and the plots. Returns the results.json content."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recorded = {"settings": _jsonable(asdict(settings)) | {"defenses": [
+        {"label": d.label, "method": d.method, "ref": d.ref, "digest": d.digest} for d in defenses]}}
+    done = _open_log(out / LOG_FILE, recorded)
+    names = dataset.names[:limit]
+    todo = [i for i, name in enumerate(names) if name not in done]
+    with open(out / LOG_FILE, "a", encoding="utf-8") as log:
+        for index in tqdm(todo, desc="evaluate", unit="image", initial=len(names) - len(todo), total=len(names)):
+            sample = dataset[index]
+            start = time.perf_counter()
+            if len(sample.masks):
+                entry = evaluate_image(defenses, sample.image, sample.masks, settings,
+                                       image_seed(settings.seed, sample.name))
+            else:
+                entry = {"instances": 0, "skipped": "no instance"}
+            entry = {"name": sample.name} | entry | {"seconds": round(time.perf_counter() - start, 3)}
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            done[sample.name] = entry
+    entries = [done[name] for name in names]
+    records = aggregate(entries, defenses, settings)
+    results = {"header": {**recorded, "limit": limit, "images": sum(1 for e in entries if e["instances"]),
+                          "instances": sum(e["instances"] for e in entries),
+                          "skipped": [e["name"] for e in entries if not e["instances"]],
+                          "ci": {"method": "percentile bootstrap over images", "level": CI_LEVEL,
+                                 "resamples": CI_RESAMPLES, "seed": settings.seed},
+                          "asr_threshold": ASR_THRESHOLD, "versions": _versions(),
+                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+               "records": records}
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_csv(records, out / "results.csv")
+    write_report(results, out)
+    return results
+
+
+def _open_log(path: Path, recorded: dict) -> dict[str, dict]:
+    """Entries already in the log (by image name); a new log starts with the settings line."""
+    if not path.exists() or not path.read_text(encoding="utf-8").strip():
+        path.write_text(json.dumps(recorded) + "\n", encoding="utf-8")
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: the first line is not the settings header; use another --out.") from None
+    if header != recorded:
+        old, new = header.get("settings", {}), recorded["settings"]
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise ValueError(f"{path.parent} holds results of other settings (differing: {', '.join(changed)}); "
+                         f"use another --out or delete {path}.")
+    done = {}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not valid JSON; delete the file to start over.") from None
+            # an interrupted write: drop the partial last line, that image is evaluated again
+            path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+            break
+        done[entry["name"]] = entry
+    return done
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _versions() -> dict:
+    import samdemo
+
+    return {"samdemo": samdemo.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__}
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def aggregate(entries: list[dict], defenses: list[Defense], settings: Settings) -> list[dict]:
+    """Records pooled over the instances of all evaluated images, with bootstrap intervals over images."""
+    entries = [e for e in entries if e["instances"]]
+    if not entries:
+        return []
+    method = {d.label: d.method for d in defenses}
+    groups: dict[tuple, list[dict]] = {}
+    for entry in entries:
+        for row in entry["attacked"]:
+            key = (row["defense"], row["mode"], row["attack"], row["crafted_with"], row["evaluated_with"])
+            groups.setdefault(key, []).append(row | {"clean": entry["clean"][row["defense"]][row["evaluated_with"]]})
+    records = []
+    for (defense, mode, attack, crafted, evaluated), rows in groups.items():
+        metrics = {"miou_gt": [r["iou_gt"] for r in rows], "miou_clean": [r["iou_clean"] for r in rows],
+                   "clean_miou_gt": [r["clean"] for r in rows],
+                   "asr": [[float(v < ASR_THRESHOLD) for v in r["iou_clean"]] for r in rows]}
+        record = {"model": settings.model, "defense": defense, "method": method.get(defense, "?"), "mode": mode,
+                  "attack": attack, "crafted_with": crafted, "evaluated_with": evaluated,
+                  "n": sum(len(v) for v in metrics["miou_gt"]), "images": len(rows)}
+        for name, per_image in metrics.items():
+            mean, low, high = pooled_mean_ci(per_image, settings.seed)
+            record |= {name: round(mean, 6), f"{name}_ci": [round(low, 6), round(high, 6)]}
+        records.append(record)
+    return records
+
+
+def pooled_mean_ci(per_image: list[list[float]], seed: int, level: float = CI_LEVEL,
+                   resamples: int = CI_RESAMPLES) -> tuple[float, float, float]:
+    """Mean over all instances, and its percentile-bootstrap interval resampling whole images
+    (instances of one image are correlated: they share the perturbation)."""
+    sums = np.array([np.sum(v) for v in per_image], dtype=np.float64)
+    counts = np.array([len(v) for v in per_image], dtype=np.float64)
+    index = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
+    boot = sums[index].sum(1) / counts[index].sum(1)
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(sums.sum() / counts.sum()), float(low), float(high)
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def attack_label(record: dict) -> str:
+    return record["attack"] if record["crafted_with"] == "none" else f"{record['attack']}@{record['crafted_with']}"
+
+
+def write_csv(records: list[dict], path: Path) -> None:
+    """The records, each ``<metric>_ci`` as ``<metric>_lo``, ``<metric>_hi`` columns after its metric."""
+    rows = []
+    for record in records:
+        row = {}
+        for key, value in record.items():
+            if key.endswith("_ci"):
+                row[f"{key[:-3]}_lo"], row[f"{key[:-3]}_hi"] = value
+            else:
+                row[key] = value
+        rows.append(row)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _panels(records: list[dict]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((r["defense"], r["mode"]) for r in records))
+
+
+def write_report(results: dict, out: Path) -> None:
+    """report.md with a table per defense and mode, bars.png and transfer.png."""
+    header, records = results["header"], results["records"]
+    s = header["settings"]
+    skipped = f"; {len(header['skipped'])} images without instances skipped" if header["skipped"] else ""
+    lines = [f"# Robustness evaluation: {s['model']}", "",
+             f"Data `{s['data']}`: {header['images']} images, {header['instances']} instances "
+             f"(at most {s['max_instances']} per image{skipped}). "
+             f"eps {s['eps']:g}/255, {s['steps']} {s['generator']} steps, seed {s['seed']}. "
+             f"Defenses: {', '.join(d['label'] + ' (' + d['method'] + ')' for d in s['defenses'])}.", "",
+             f"mIoU pooled over instances; ASR: fraction of instances whose IoU with the same model's clean "
+             f"prediction falls below {ASR_THRESHOLD}. Brackets: {CI_LEVEL:.0%} bootstrap intervals over images.", ""]
+    if records:
+        write_plots(records, out)
+        lines += ["![mIoU and ASR per attack](bars.png)", "", "![transfer matrices](transfer.png)", ""]
+    for defense, mode in _panels(records):
+        lines += [f"## {defense}, {mode}", "",
+                  "| attack | evaluated with | clean mIoU (GT) | attacked mIoU (GT) | mIoU vs clean | ASR |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in records:
+            if (r["defense"], r["mode"]) == (defense, mode):
+                cells = [f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"
+                         for k in ("clean_miou_gt", "miou_gt", "miou_clean", "asr")]
+                lines.append(f"| {attack_label(r)} | {r['evaluated_with']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_plots(records: list[dict], out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    panels = _panels(records)
+    types = list(dict.fromkeys(r["evaluated_with"] for r in records))
+    labels = list(dict.fromkeys(attack_label(r) for r in records))
+    find = {(r["defense"], r["mode"], attack_label(r), r["evaluated_with"]): r for r in records}
+
+    figure = Figure(figsize=(max(5.0, 0.9 * len(labels) + 1.5) * len(panels), 7.0), layout="constrained")
+    axes = figure.subplots(2, len(panels), squeeze=False)
+    width = 0.8 / len(types)
+    for col, (defense, mode) in enumerate(panels):
+        for row, (metric, groups) in enumerate((("miou_gt", ["clean", *labels]), ("asr", labels))):
+            ax = axes[row, col]
+            for k, t in enumerate(types):
+                values, errors = [], []
+                for group in groups:
+                    # clean_miou_gt is the same in every record of a defense and type: take the first attack's
+                    r = find.get((defense, mode, labels[0] if group == "clean" else group, t))
+                    key = "clean_miou_gt" if group == "clean" else metric
+                    value = r[key] if r else np.nan
+                    values.append(value)
+                    errors.append([value - r[key + "_ci"][0], r[key + "_ci"][1] - value] if r else [0, 0])
+                x = np.arange(len(groups)) + (k - (len(types) - 1) / 2) * width
+                ax.bar(x, values, width, yerr=np.array(errors).T, capsize=2, label=t)
+            ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("mIoU vs ground truth" if metric == "miou_gt" else f"ASR (IoU vs clean < {ASR_THRESHOLD})")
+            ax.set_title(f"{defense}, {mode}", fontsize=10)
+            ax.grid(axis="y", alpha=0.3, lw=0.4)
+    figure.legend(*axes[0, 0].get_legend_handles_labels(), title="evaluated with", loc="outside upper center",
+                  ncols=len(types), fontsize=8)
+    figure.savefig(out / "bars.png", dpi=100)
+
+    figure = Figure(figsize=(1.0 * len(types) * len(panels) + 2.5 * len(panels), 0.45 * len(labels) + 1.8),
+                    layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (defense, mode) in zip(axes, panels):
+        matrix = np.array([[find[(defense, mode, label, t)]["miou_clean"] if (defense, mode, label, t) in find
+                            else np.nan for t in types] for label in labels])
+        image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(types)), types)
+        ax.set_yticks(range(len(labels)), labels if ax is axes[0] else [""] * len(labels))
+        ax.set_xlabel("evaluated with")
+        ax.set_title(f"{defense}, {mode}", fontsize=10)
+    axes[0].set_ylabel("crafted with")
+    figure.colorbar(image, ax=list(axes), label="IoU vs clean prediction", shrink=0.8)
+    figure.savefig(out / "transfer.png", dpi=100)
