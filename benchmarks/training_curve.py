@@ -15,6 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def history(log: dict) -> list[dict]:
+    """The training phases of a log, oldest first (``previous``: the run that a --init run continued)."""
+    return (history(log["previous"]) if "previous" in log else []) + [log]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", type=Path)
@@ -22,12 +27,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     fig, axes = plt.subplots(1, len(args.logs), figsize=(5.5 * len(args.logs), 4), squeeze=False)
     for ax, path in zip(axes[0], args.logs):
-        log = json.loads(path.read_text())
-        steps = [e["step"] for e in log["eval"]]
-        for kind in ("box", "point", "point_best3", "mask"):
-            ax.plot(steps, [e[kind] for e in log["eval"]], marker="o", label=kind)
-        ax.set_title(f"{path.parent.name}: held-out mIoU ({log['seconds'] / 60:.0f} min wall, 1 thread)")
-        ax.set_xlabel(f"step (batch {log['config']['batch']} images)")
+        phases = history(json.loads(path.read_text()))
+        offset, seconds = 0, 0.0
+        for i, log in enumerate(phases):
+            steps = [offset + e["step"] for e in log["eval"]]
+            for color, kind in enumerate(("box", "point", "point_best3", "mask")):
+                ax.plot(steps, [e[kind] for e in log["eval"]], marker="o", color=f"C{color}",
+                        label=kind if i == 0 else None)
+            if i:
+                ax.axvline(offset, color="grey", linestyle=":", label="continued (--init)" if i == 1 else None)
+            offset += log["train"][-1][0] if log["train"] else 0
+            seconds += log["seconds"]
+        ax.set_title(f"{path.parent.name}: held-out mIoU ({seconds / 60:.0f} min wall, 1 thread)")
+        ax.set_xlabel(f"step (batch {phases[-1]['config']['batch']} images)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -234,12 +234,21 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
 
 
 def export_weights(run_dir: Path, out_dir: Path) -> Path:
-    """Write ``out_dir/model.safetensors`` (+ config, training log) from a training run."""
+    """Write ``out_dir/model.safetensors`` and ``training_log.json`` from a training run.
+
+    A run started with ``--init`` carries the log of the weights it continued (``previous``,
+    recursively), so the shipped log is the whole training history.
+    """
     state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.contiguous() for k, v in state["model"].items()}
+    log = json.loads((run_dir / "log.json").read_text())
+    init = log["config"].get("init")
+    previous = Path(init).parent / "training_log.json" if init else None
+    if previous is not None and previous.exists() and "previous" not in log:
+        log["previous"] = json.loads(previous.read_text())  # read before it is overwritten: the full history
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"step": str(state["step"])})
-    shutil.copy(run_dir / "log.json", out_dir / "training_log.json")
+    (out_dir / "training_log.json").write_text(json.dumps(log, indent=1))
     return out_dir / "model.safetensors"
 
 

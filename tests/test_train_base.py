@@ -23,3 +23,8 @@ def test_two_steps_train_log_export_and_continue_from_exported_weights(tmp_path)
     assert all(torch.equal(continued[k], trained[k]) for k in trained)
     fresh, _ = build_architecture(CONFIG_DIR / "sam_tiny_test.yaml")
     assert not all(torch.equal(v, trained[k]) for k, v in fresh.state_dict().items())
+
+    # Exporting the continued run over the weights it started from keeps the whole history.
+    export_weights(tmp_path / "run2", tmp_path / "out")
+    history = json.loads((tmp_path / "out" / "training_log.json").read_text())
+    assert history["config"]["init"] == str(weights) and history["previous"]["train"] == log["train"]
