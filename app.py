@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from samdemo import app_logic as L  # noqa: E402
+from samdemo import limits  # noqa: E402
 from samdemo.build import DEFAULT_MODEL  # noqa: E402
 
 CSS = """
@@ -24,6 +25,8 @@ HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 1}  # attacks, transfer
 # Prompt edits run one at a time, in order: each sees the session state the previous one left
 # (so quick successive clicks are all kept); they take milliseconds once the image is embedded.
 LIGHT = {"concurrency_id": "light", "concurrency_limit": 1}
+# Gradio refuses larger uploads before they reach a handler (samdemo/limits.py has the others).
+LAUNCH_LIMITS = {"max_file_size": limits.max_upload_bytes()}
 
 
 def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> gr.Blocks:
@@ -36,9 +39,11 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
             with gr.Column(scale=3):
                 with gr.Tabs(selected="click") as tabs:
                     with gr.Tab("Click prompts", id="click"):
-                        canvas = gr.Image(label="Image: upload, paste, or pick an example; then click to prompt",
-                                          sources=["upload", "clipboard"], type="numpy", format="png", height=520,
-                                          elem_id="canvas")
+                        # Uploads reach the handler as a file path, unopened: the app decodes them within
+                        # samdemo.limits (pixels counted first, EXIF rotation, GIF frame, 16-bit, alpha).
+                        canvas = L.upload_image(label="Image: upload, paste, or pick an example; then click to prompt",
+                                                sources=["upload", "clipboard"], format="png", height=520,
+                                                elem_id="canvas")
                     with gr.Tab("Paint a mask", id="paint"):
                         editor = gr.ImageEditor(label="Paint over the object", type="numpy", sources=(),
                                                 transforms=(), layers=False, height=520, elem_id="editor",
@@ -74,10 +79,11 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                     attack = gr.Dropdown(L.ATTACK_CHOICES, value="mask", label="Attack", elem_id="attack")
                     generator = gr.Radio(L.GENERATOR_CHOICES, value="pgd", label="Generator")
                     with gr.Row():
-                        eps = gr.Slider(1, 32, value=8, step=1, label="ε (in /255)", elem_id="eps")
-                        steps = gr.Slider(1, 100, value=10, step=1, label="Steps", elem_id="steps")
+                        eps = gr.Slider(1, limits.MAX_EPS255, value=8, step=1, label="ε (in /255)", elem_id="eps")
+                        steps = gr.Slider(1, limits.MAX_STEPS, value=min(10, limits.MAX_STEPS), step=1,
+                                          label="Steps", elem_id="steps")
                     with gr.Row():
-                        seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=limits.MAX_SEED)
                         target = gr.Radio(L.TARGET_CHOICES, value=L.TARGET_ORIGINAL, label="Craft the attack on")
                     with gr.Row():
                         run_btn = gr.Button("Run attack", variant="primary", elem_id="run")
@@ -149,7 +155,7 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                                             api_name="transfer", **HEAVY)
         cancel_btn.click(lab.on_cancel, None, timings, api_name="cancel", queue=False,
                          cancels=[attack_event, transfer_event])
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2, max_size=limits.QUEUE_SIZE)  # beyond it, new requests are refused
     return demo
 
 
@@ -168,7 +174,7 @@ def main(argv=None) -> None:
     lab = L.Lab()
     lab.preload(args.model)
     build_demo(lab, args.model).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                       theme=gr.themes.Soft(), css=CSS)
+                                       theme=gr.themes.Soft(), css=CSS, **LAUNCH_LIMITS)
 
 
 if __name__ == "__main__":

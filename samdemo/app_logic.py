@@ -13,6 +13,8 @@ Layers, each usable without a browser:
 * Gradio handlers (``on_*``): turn user input into these calls and errors into readable
   ``gr.Warning`` / ``gr.Error`` messages, so that the server keeps serving.
 
+Limits (upload size, pixels, steps, ε, time per attack, Hub timeout) live in ``samdemo/limits.py``.
+
 Coordinates: prompts live in the original image frame (``samdemo.prompts``). The app shows
 small images upscaled by an integer factor (:func:`display_scale`) so that the prompts can be
 drawn crisply; clicks come back in the displayed frame and are mapped back with that factor.
@@ -34,8 +36,11 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from samdemo.build import CHECKPOINT_DIR, MODEL_REGISTRY, ModelUnavailableError, get_spec
+from samdemo import limits
+from samdemo.build import (CHECKPOINT_DIR, MODEL_REGISTRY, HubUnreachableError, ModelUnavailableError, get_spec,
+                           hub_file_size)
 from samdemo.engine import EmbeddingCache, Prediction, SegmentEngine, image_to_tensor, tensor_to_image
+from samdemo.limits import UserError
 from samdemo.metrics import mask_iou
 from samdemo.prompts import Prompt, PromptError
 
@@ -43,7 +48,6 @@ log = logging.getLogger("samdemo.app")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
-MAX_SIDE = 1024  # larger uploads are downscaled (the models see at most 1024 px anyway)
 DISPLAY_SIDE = 512  # small images are shown upscaled by an integer factor to about this size
 SUCCESS_IOU = 0.5  # an attack succeeds on a model when IoU(adversarial, clean) < 0.5
 
@@ -91,39 +95,19 @@ defence. An attack *succeeds* on a model when its adversarial mask overlaps its 
 IoU below 0.5."""
 
 
-class UserError(ValueError):
-    """Something the user can fix; the message is shown as is."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------
 
 def normalize_image(image) -> tuple[np.ndarray, str]:
-    """Any upload (H x W, H x W x 3/4, float or int) -> H x W x 3 uint8, at most MAX_SIDE px.
-
-    Returns the image and a note for the user ("" when nothing was changed)."""
+    """An upload -> H x W x 3 uint8 of at most ``limits.MAX_SIDE`` px, and a note for the user ("" when
+    nothing was changed). ``image``: a file path (what the canvas hands over: it is decoded here, within
+    the limits, see :func:`samdemo.limits.read_image`) or an array of any layout (:func:`samdemo.limits.to_rgb8`)."""
     if image is None:
         raise UserError("Upload or paste an image first, or pick one of the examples.")
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 8:
-        raise UserError(f"Cannot use an image of shape {image.shape}: give an RGB image at least 8 px wide.")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    image = image[..., :3]
-    if image.dtype != np.uint8:
-        scale = 255.0 if np.issubdtype(image.dtype, np.floating) and image.max() <= 1.0 else 1.0
-        image = np.clip(image.astype(np.float64) * scale, 0, 255).round().astype(np.uint8)
-    note = ""
-    h, w = image.shape[:2]
-    if max(h, w) > MAX_SIDE:
-        s = MAX_SIDE / max(h, w)
-        size = (max(8, round(w * s)), max(8, round(h * s)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        note = f"Resized from {w}x{h} to {size[0]}x{size[1]} (the app works on at most {MAX_SIDE} px)."
-    return np.ascontiguousarray(image), note
+    if isinstance(image, (str, Path)):
+        return limits.read_image(image)[:2]
+    return limits.to_rgb8(image)
 
 
 def display_scale(hw: tuple[int, int]) -> int:
@@ -231,7 +215,8 @@ def add_click(session: Session, mode: str, x: float, y: float) -> str:
     """Apply one click at (x, y) (original image frame) in ``mode``. Returns what it did."""
     image = session.require_image()
     h, w = image.shape[:2]
-    if not (np.isfinite(x) and np.isfinite(y)) or not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+    x, y = _coordinate(x), _coordinate(y)
+    if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
         raise UserError(f"The click ({x:.0f}, {y:.0f}) is outside the {w}x{h} image.")
     state = session.prompts
     if mode in (MODE_POSITIVE, MODE_NEGATIVE):
@@ -251,6 +236,16 @@ def add_click(session: Session, mode: str, x: float, y: float) -> str:
     if mode == MODE_MASK:
         raise UserError("In mask mode, paint in the 'Paint a mask' tab and press 'Use as mask prompt'.")
     raise UserError(f"Unknown prompt mode {mode!r}.")
+
+
+def _coordinate(value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise UserError(f"A click needs two finite pixel coordinates (got {value!r}).")
+    return number
 
 
 def painted_mask(editor_value, hw: tuple[int, int]) -> np.ndarray:
@@ -593,7 +588,11 @@ def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path
             if Path(choice.repo_id).expanduser().exists():  # hub.load_adapter also reads local folders
                 raise UserError(f"{choice.repo_id!r} names a local path; the app loads adapters only from the Hub "
                                 "(or the shipped one).")
-            adapter = hub.load_adapter(robust_engine, choice.repo_id, revision=choice.revision or None)
+            cached = _check_hub_adapter(choice)
+            if cached is not None:
+                adapter = adapter_lib.load_adapter(robust_engine, cached)
+            else:
+                adapter = hub.load_adapter(robust_engine, choice.repo_id, revision=choice.revision or None)
             source = f"Hub: {choice.label}"
     except adapter_lib.AdapterError as error:
         raise UserError(f"Adapter {choice.label} cannot be used with {engine.name}: {error}") from None
@@ -602,6 +601,31 @@ def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path
     adapter.merge()
     robust_engine.model.requires_grad_(False)
     return RobustModel(robust_engine, adapter, adapter.num_trainable, source)
+
+
+def _check_hub_adapter(choice: AdapterChoice) -> Path | None:
+    """Before downloading a Hub adapter: refuse one too large to be an adapter (``limits.MAX_ADAPTER_MB``),
+    and when the Hub does not answer (huggingface_hub would wait up to a minute per try, holding the app's
+    model-loading lane), return its folder in the local Hugging Face cache or refuse. None: download it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from samdemo.adapter import CONFIG_FILE, WEIGHTS_FILE
+
+    revision = choice.revision or None
+    try:
+        size = hub_file_size(choice.repo_id, WEIGHTS_FILE, revision)
+    except HubUnreachableError as error:
+        cached = try_to_load_from_cache(choice.repo_id, CONFIG_FILE, revision=revision)
+        if isinstance(cached, str):
+            log.warning("%s; using the cached copy of %s", error, choice.label)
+            return Path(cached).parent
+        raise UserError(f"Adapter {choice.label} cannot be downloaded now: {error}, and it is not in the local "
+                        "cache. The shipped adapter and the embedded models still work.") from None
+    if size is not None and size > limits.MAX_ADAPTER_MB * 2**20:
+        raise UserError(f"Adapter {choice.label}: its {WEIGHTS_FILE} is {size / 2**20:.1f} MB, more than the "
+                        f"{limits.MAX_ADAPTER_MB:g} MB allowed here (SAMDEMO_MAX_ADAPTER_MB); an SVD adapter holds "
+                        "a few thousand numbers. Not downloaded.")
+    return None
 
 
 def adapter_figure(robust: RobustModel | None):
@@ -647,13 +671,11 @@ class AttackSettings:
             raise UserError(f"Unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}.")
         if self.generator not in dict((v, k) for k, v in GENERATOR_CHOICES):
             raise UserError(f"Unknown generator {self.generator!r}.")
-        if not (np.isfinite(self.eps255) and 0 < self.eps255 <= 32):
-            raise UserError(f"ε must be between 1/255 and 32/255 (got {self.eps255:g}/255).")
-        if not (1 <= int(self.steps) <= 200):
-            raise UserError(f"Steps must be between 1 and 200 (got {self.steps}).")
         if self.target not in (TARGET_ORIGINAL, TARGET_ROBUST):
             raise UserError(f"Unknown target {self.target!r}.")
-        self.steps, self.seed = int(self.steps), int(self.seed)
+        self.eps255 = limits.check_eps255(self.eps255)
+        self.steps = limits.check_steps(self.steps)
+        self.seed = limits.check_seed(self.seed)
         return self
 
 
@@ -700,8 +722,11 @@ def make_attack(engine: SegmentEngine, settings: AttackSettings, progress=None, 
 
 def run_attack(manager: ModelManager, model: str, adapter: AdapterChoice, image: np.ndarray, prompts: PromptState,
                settings: AttackSettings, progress: Callable[[int, int], None] | None = None,
-               cancel: threading.Event | None = None) -> AttackOutcome:
-    """Craft a perturbation on the target model, then predict with both models on both images."""
+               cancel: threading.Event | None = None, time_limit: float | None = None) -> AttackOutcome:
+    """Craft a perturbation on the target model, then predict with both models on both images.
+
+    The attack stops with :class:`samdemo.limits.TimeLimitExceeded` after ``time_limit`` seconds
+    (default ``limits.ATTACK_TIME_LIMIT_S``), counted once the models are loaded."""
     settings.validate()
     prompt = prompts.to_prompt()
     prompt.validate(image.shape[:2])
@@ -713,7 +738,8 @@ def run_attack(manager: ModelManager, model: str, adapter: AdapterChoice, image:
     target = robust.engine if settings.target == TARGET_ROBUST else original
     t_load = time.perf_counter()
 
-    attack = make_attack(target, settings, progress, cancel)
+    seconds = limits.ATTACK_TIME_LIMIT_S if time_limit is None else time_limit
+    attack = make_attack(target, settings, limits.with_time_limit(progress, seconds), cancel)
     images = image_to_tensor(image).to(target.device)
     result = attack.forward(images, prompts=[prompt])
     adversarial = tensor_to_image(result.adv_images)
@@ -793,12 +819,13 @@ class TransferOutcome:
 
 def run_transfer(manager: ModelManager, model: str, adapter: AdapterChoice, image: np.ndarray, prompts: PromptState,
                  settings: AttackSettings, progress: Callable[[str, int, int], None] | None = None,
-                 cancel: threading.Event | None = None) -> TransferOutcome:
+                 cancel: threading.Event | None = None, time_limit: float | None = None) -> TransferOutcome:
     """The transfer matrix across prompt types (``samdemo.attacks.transfer``) of the user's object.
 
     Every attack is crafted on the target model (original or robust, as for the main attack)
     and evaluated on that same model with the object's point, box and mask prompts. The object
-    is the painted ground truth when there is one, else the clean mask of the user's prompt."""
+    is the painted ground truth when there is one, else the clean mask of the user's prompt. The six
+    attacks together stop after ``time_limit`` seconds (default ``limits.TRANSFER_TIME_LIMIT_S``)."""
     from samdemo.attacks.transfer import transfer_matrix
 
     settings.validate()
@@ -812,12 +839,14 @@ def run_transfer(manager: ModelManager, model: str, adapter: AdapterChoice, imag
     user_prompts = [prompts.to_prompt()] if prompts.has_prompt else None
     if gt is None and user_prompts is None:
         raise PromptError("The transfer matrix needs an object: click it (or paint its ground truth) first.")
+    seconds = limits.TRANSFER_TIME_LIMIT_S if time_limit is None else time_limit
+    progress = limits.with_time_limit(progress, seconds, "transfer matrix")
     try:
         result = transfer_matrix(target, image, gt_masks=None if gt is None else gt[None], prompts=user_prompts,
                                  eps=settings.eps255 / 255.0, steps=settings.steps, generator=settings.generator,
                                  seed=settings.seed, progress=progress, cancel=cancel)
     except ValueError as error:
-        if type(error).__name__ == "PromptError":
+        if isinstance(error, (PromptError, UserError)):
             raise
         raise UserError(str(error)) from None
     matrix = np.asarray(result["iou_vs_clean"], dtype=np.float64)
@@ -881,6 +910,19 @@ except ImportError:  # anywhere else: no-op
 EXPECTED_ERRORS = (UserError, PromptError, ModelUnavailableError)
 
 
+def error_message(error: Exception) -> str:
+    """What the user reads about ``error`` (call it in the ``except`` block): expected problems as they are,
+    running out of memory with what to change, anything else logged with its traceback."""
+    if isinstance(error, EXPECTED_ERRORS):
+        return str(error)
+    if limits.is_out_of_memory(error):
+        log.warning("out of memory: %s", error)
+        return limits.out_of_memory_message(error) + " The app is still running."
+    log.exception("unexpected error in a handler")
+    return (f"Something went wrong ({type(error).__name__}: {error}). The app is still running: try again, or with "
+            "another image or model.")
+
+
 def _copy(session: Session | None) -> Session:
     """Handlers edit a copy, so that a failed edit leaves the stored session untouched."""
     if session is None:
@@ -910,6 +952,29 @@ def _rows_progress_fn(progress, rows: int):
     return update
 
 
+def upload_image(**kwargs) -> gr.Image:
+    """A ``gr.Image`` whose upload reaches the handler as the path of the uploaded file, unopened.
+
+    gr.Image opens every upload with Pillow before the handler runs, so a corrupt file or a
+    decompression bomb would end in Gradio's bare "Error"; the app decodes uploads itself
+    (:func:`samdemo.limits.read_image`: pixels counted before decoding, a message for every bad
+    file). Gradio has already checked that the path is a file this user uploaded.
+
+    The instance's ``preprocess`` is replaced rather than subclassed: Gradio writes a ``.pyi`` stub
+    next to the module of every Component subclass when it is imported. Handlers must return plain
+    values to it, not ``gr.Image(...)`` updates (Gradio rebuilds the component from its arguments
+    then; ``image_mode=None`` keeps even that one handing over the unconverted file)."""
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+
+    def preprocess(payload):
+        if payload is None or payload.path is None:  # nothing, or a data: URL (gr.Image writes it to a file)
+            return gr.Image.preprocess(image, payload)
+        return str(payload.path)
+
+    image.preprocess = preprocess
+    return image
+
+
 class Lab:
     """The app's handlers, bound to one :class:`ModelManager` (app.py wires them to components)."""
 
@@ -919,17 +984,19 @@ class Lab:
         self._cancels: dict[str, threading.Event] = {}
         self._cancels_lock = threading.Lock()
         # ZeroGPU (Hugging Face Spaces): heavy handlers hold a GPU while they run; a no-op elsewhere.
-        self.on_attack = gpu(120)(self.on_attack)
-        self.on_transfer = gpu(300)(self.on_transfer)
+        self.on_attack = gpu(int(limits.ATTACK_TIME_LIMIT_S))(self.on_attack)
+        self.on_transfer = gpu(int(limits.TRANSFER_TIME_LIMIT_S))(self.on_transfer)
 
     # ----------------------------------------------------------------- helpers
-    def _error(self, error: Exception):
-        """A readable gr.Error for an expected problem; unexpected ones are logged with their traceback."""
-        if isinstance(error, EXPECTED_ERRORS):
-            return gr.Error(str(error), print_exception=False)
-        log.exception("unexpected error in a handler")
-        return gr.Error(f"Something went wrong ({type(error).__name__}: {error}). The app is still running: "
-                             "try again, or with another image or model.")
+    def _error(self, error: Exception) -> gr.Error:
+        """A readable gr.Error for ``error`` (see :func:`error_message`)."""
+        return gr.Error(error_message(error), print_exception=False)
+
+    def _warning(self, error: Exception) -> str:
+        """For handlers that report in their outputs rather than fail: a toast, and the text to show."""
+        message = error_message(error)
+        gr.Warning(message)
+        return f"⚠️ {message}"
 
     def canvas(self, session: Session, model: str, note: str = "") -> tuple[np.ndarray | None, str]:
         """The prompt canvas (image, prompts, clean mask of the original model) and a status line."""
@@ -985,8 +1052,8 @@ class Lab:
             raise self._error(error) from None
 
     def on_example_index(self, session, model, index: float):
-        """API form of :meth:`on_example` (index into the example list)."""
-        return self.on_example(session, model, int(index))
+        """API form of :meth:`on_example` (index into the example list; read_example refuses a bad one)."""
+        return self.on_example(session, model, index)
 
     # ----------------------------------------------------------------- prompts
     def on_select(self, session, mode, model, evt: gr.SelectData = None):
@@ -1007,7 +1074,7 @@ class Lab:
             if mode == MODE_MASK:
                 return (session, *self.canvas(session, model, "Mask mode: paint in the **Paint a mask** tab, then "
                                                               "press *Use as mask prompt*."))
-            note = add_click(session, mode, float(x), float(y))
+            note = add_click(session, mode, x, y)
             return (session, *self.canvas(session, model, note))
         except Exception as error:
             raise self._error(error) from None
@@ -1086,11 +1153,7 @@ class Lab:
             if engine.device.type == "cpu" and spec.hub is not None:
                 info += " Full-size models are slow on a CPU: an attack step can take many seconds."
         except Exception as error:
-            message = str(error) if isinstance(error, EXPECTED_ERRORS) else f"{type(error).__name__}: {error}"
-            if not isinstance(error, EXPECTED_ERRORS):
-                log.exception("model load failed")
-            gr.Warning(message)
-            return f"⚠️ {message}", "", None
+            return self._warning(error), "", None
         adapter_md, figure = self.on_adapter(model, kind, repo_id, revision)
         return info, adapter_md, figure
 
@@ -1108,11 +1171,7 @@ class Lab:
                   "image encoder's weights.")
             return md, adapter_figure(robust)
         except Exception as error:
-            message = str(error) if isinstance(error, EXPECTED_ERRORS) else f"{type(error).__name__}: {error}"
-            if not isinstance(error, EXPECTED_ERRORS):
-                log.exception("adapter load failed")
-            gr.Warning(message)
-            return f"⚠️ {message}", None
+            return self._warning(error), None
 
     # ----------------------------------------------------------------- attack
     def _cancel_event(self, request) -> tuple[str, threading.Event]:
@@ -1131,27 +1190,38 @@ class Lab:
         event.set()
         return "Cancelling: the attack stops after its current step."
 
-    def on_attack(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
-                  request: gr.Request = None, progress=gr.Progress()):
-        """Run an attack; returns the 4 panels, the table, the perturbation and its caption, the PNG, timings."""
+    def _run_heavy(self, request, session, adapter_inputs, attack_inputs, job):
+        """What on_attack and on_transfer share: check the inputs, then ``job(image, prompts, adapter choice,
+        settings, cancel event)`` with this session's cancel event. Returns None when the user cancelled."""
         key, cancel = self._cancel_event(request)
         try:
             session = session or Session()
             image = session.require_image()
-            settings = AttackSettings(attack, generator, float(eps255), int(steps), int(seed or 0), target).validate()
-            choice = AdapterChoice.parse(kind, repo_id, revision)
-            progress(0.0, desc="Preparing the attack")
-            outcome = run_attack(self.manager, model, choice, image, session.prompts, settings,
-                                 _progress_fn(progress, f"{attack} · {generator}"), cancel)
+            settings = AttackSettings(*attack_inputs).validate()
+            choice = AdapterChoice.parse(*adapter_inputs)
+            return job(image, session.prompts, choice, settings, cancel)
         except Exception as error:
             if type(error).__name__ == "AttackCancelled":
-                gr.Warning("Attack cancelled.")
-                return self._empty_results("Attack cancelled before it finished.")
+                return None
             raise self._error(error) from None
         finally:
             with self._cancels_lock:
                 if self._cancels.get(key) is cancel:
                     del self._cancels[key]
+
+    def on_attack(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
+                  request: gr.Request = None, progress=gr.Progress()):
+        """Run an attack; returns the 4 panels, the table, the perturbation and its caption, the PNG, timings."""
+        def job(image, prompts, choice, settings, cancel):
+            progress(0.0, desc="Preparing the attack")
+            return run_attack(self.manager, model, choice, image, prompts, settings,
+                              _progress_fn(progress, f"{attack} · {generator}"), cancel)
+
+        outcome = self._run_heavy(request, session, (kind, repo_id, revision),
+                                  (attack, generator, eps255, steps, seed, target), job)
+        if outcome is None:
+            gr.Warning("Attack cancelled.")
+            return self._empty_results("Attack cancelled before it finished.")
         panels = [gr.Image(value=outcome.panels[k].image, label=outcome.panels[k].title) for k in PANEL_KEYS]
         table = [[_fmt(v) for v in row] for row in outcome.table]
         t = outcome.timings
@@ -1170,24 +1240,16 @@ class Lab:
 
     def on_transfer(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
                     request: gr.Request = None, progress=gr.Progress()):
-        key, cancel = self._cancel_event(request)
-        try:
-            session = session or Session()
-            image = session.require_image()
-            settings = AttackSettings(attack, generator, float(eps255), int(steps), int(seed or 0), target).validate()
-            choice = AdapterChoice.parse(kind, repo_id, revision)
+        def job(image, prompts, choice, settings, cancel):
             progress(0.0, desc="Preparing the transfer matrix")
-            outcome = run_transfer(self.manager, model, choice, image, session.prompts, settings,
-                                   _rows_progress_fn(progress, TRANSFER_ROWS), cancel)
-        except Exception as error:
-            if type(error).__name__ == "AttackCancelled":
-                gr.Warning("Transfer matrix cancelled.")
-                return gr.skip(), "Transfer matrix cancelled before it finished."
-            raise self._error(error) from None
-        finally:
-            with self._cancels_lock:
-                if self._cancels.get(key) is cancel:
-                    del self._cancels[key]
+            return run_transfer(self.manager, model, choice, image, prompts, settings,
+                                _rows_progress_fn(progress, TRANSFER_ROWS), cancel)
+
+        outcome = self._run_heavy(request, session, (kind, repo_id, revision),
+                                  (attack, generator, eps255, steps, seed, target), job)
+        if outcome is None:
+            gr.Warning("Transfer matrix cancelled.")
+            return gr.skip(), "Transfer matrix cancelled before it finished."
         md = ("Each row is a perturbation (the *mask* attack is crafted once per prompt type: `mask@box` used "
               "the object's box); each column the prompt type then used to segment the attacked image. Cells: "
               "IoU with the clean mask of the same prompt (red = the attack worked there). A prompt-free attack "

@@ -29,6 +29,10 @@ class ModelUnavailableError(RuntimeError):
     """The weights of a model cannot be found locally nor downloaded. The message says how to get them."""
 
 
+class HubUnreachableError(ModelUnavailableError):
+    """The Hugging Face Hub did not answer in time (see :func:`hub_file_size`)."""
+
+
 @dataclass(frozen=True)
 class HubFile:
     repo_id: str
@@ -125,7 +129,11 @@ def _build_sam_v1(cfg) -> torch.nn.Module:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Weights from safetensors, or from a .pt/.pth with ``weights_only=True`` (no code runs)."""
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # truncated or not safetensors at all
+            raise ModelUnavailableError(f"{path} cannot be read as safetensors ({type(error).__name__}: {error}); "
+                                        "the file is truncated or corrupt.") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle payloads and corrupt files both end here
@@ -146,21 +154,56 @@ def locate_weights(spec: ModelSpec) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(spec.hub.repo_id, spec.hub.filename, revision=spec.hub.revision))
+        hub_file_size(spec.hub.repo_id, spec.hub.filename, spec.hub.revision)
+        unreachable = None
+    except HubUnreachableError as error:
+        unreachable = str(error)
+    try:  # with the Hub unreachable, a copy in the local cache still loads
+        return Path(hf_hub_download(spec.hub.repo_id, spec.hub.filename, revision=spec.hub.revision,
+                                    local_files_only=unreachable is not None))
     except Exception as error:
         raise ModelUnavailableError(
             f"Model {spec.name!r} needs {spec.hub.filename} from the Hugging Face Hub repo {spec.hub.repo_id} "
-            f"(about {spec.download_mb} MB) and could not get it ({type(error).__name__}). Connect to the "
-            f"internet once, or put the file at {local}."
+            f"(about {spec.download_mb} MB) and could not get it ({unreachable or type(error).__name__}). Connect "
+            f"to the internet once, or put the file at {local}."
         ) from None
+
+
+def hub_file_size(repo_id: str, filename: str, revision: str | None = None) -> int | None:
+    """The size of ``filename`` on the Hub in bytes, asked with one HEAD request and a short timeout
+    (``limits.HUB_TIMEOUT_S``) before a download; HubUnreachableError when no answer comes. None when
+    offline mode is on, or when the Hub answered with an error (not found, gated...): the download
+    itself reports that precisely.
+
+    Why: on a refused connection huggingface_hub retries for about 25 s, and on a Hub that accepts
+    connections but does not answer it waits up to 60 s per try, which would hold a model load (and
+    the app's queue) for minutes.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from samdemo import limits
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=constants.ENDPOINT)
+        metadata = get_hf_file_metadata(url, timeout=limits.HUB_TIMEOUT_S)
+    except HfHubHTTPError:
+        return None
+    except Exception as error:  # connection refused, timeouts, DNS: httpx's TransportError and kin
+        raise HubUnreachableError(f"the Hugging Face Hub at {constants.ENDPOINT} is unreachable (no answer within "
+                                  f"{limits.HUB_TIMEOUT_S:g} s: {type(error).__name__})") from None
+    return metadata.size
 
 
 def load_model(name: str, device: str | torch.device | None = None, random_init: bool = False) -> "torch.nn.Module":
     """Build model ``name`` with its weights (or random weights), in eval mode on ``device``."""
     spec = get_spec(name)
+    # weights first: a missing download or a refused file fails before a large model is allocated
+    state = None if random_init else read_state_dict(locate_weights(spec))
     model, _ = build_architecture(spec.config)
-    if not random_init:
-        state = read_state_dict(locate_weights(spec))
+    if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ModelUnavailableError(

@@ -44,7 +44,7 @@ def url(tmp_path_factory):
     lab = tiny_lab(write_tiny_adapters(tmp_path_factory.mktemp("checkpoints")))
     demo = app.build_demo(lab)
     _, local_url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                  quiet=True)
+                                  quiet=True, **app.LAUNCH_LIMITS)
     yield local_url
     demo.close()
 

@@ -56,34 +56,40 @@ def load_engine(model: str, weights: Path | None = None):
     return SegmentEngine(net.eval(), family, name=f"{model}:{weights.name}")
 
 
-def read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def read_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image as a viewer shows it (EXIF orientation applied), within the app's limits
+    (``samdemo.limits``: pixels counted before decoding, larger images downscaled, with a note on
+    stderr), and the file's own (height, width), the frame of the user's prompts."""
+    from samdemo.limits import read_image as read_within_limits
 
-    if not path.exists():
-        raise FileNotFoundError(f"image {path} does not exist.")
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read {path} as an image ({type(error).__name__}).") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist (or is not a file).")
+    image, note, (w, h) = read_within_limits(path)
+    if note:
+        resized = " Prompts are scaled to match; the output has this size." if image.shape[:2] != (h, w) else ""
+        print(f"note: {note}{resized}", file=sys.stderr)
+    return image, (h, w)
 
 
-def user_prompts(args, hw: tuple[int, int]):
-    """The user's prompt (points and/or box as ONE prompt), validated; None when there is none."""
+def user_prompts(args, hw: tuple[int, int], scale: float = 1.0):
+    """The user's prompt (points and/or box as ONE prompt), validated in the ``hw`` frame of the image
+    the user sees, then multiplied by ``scale`` (the image was downscaled); None when there is none."""
     from samdemo.prompts import Prompt
 
     points = np.array(args.point or [], np.float32).reshape(-1, 2)
     if not len(points) and args.box is None:
         return None
-    prompt = Prompt(points=points, labels=np.ones(len(points), np.int64),
-                    box=None if args.box is None else np.array(args.box, np.float32))
-    return prompt.validate(hw)
+    box = None if args.box is None else np.array(args.box, np.float32)
+    Prompt(points=points, labels=np.ones(len(points), np.int64), box=box).validate(hw)
+    return Prompt(points=points * scale, labels=np.ones(len(points), np.int64),
+                  box=None if box is None else box * scale)
 
 
 def run(args) -> int:
     from samdemo.attacks import make_attack, validate_eps
     from samdemo.attacks.transfer import object_prompts
     from samdemo.engine import image_to_tensor
+    from samdemo.limits import is_out_of_memory, out_of_memory_message
     from samdemo.metrics import mask_iou
     from samdemo.prompts import point_prompt
 
@@ -93,16 +99,21 @@ def run(args) -> int:
         raise ValueError(f"--eps is in 1/255 units and must be between 0 and 32; got {args.eps:g}.")
     eps = validate_eps(min(args.eps / 255, EPS_MAX))
     step_size = None if args.step_size is None else args.step_size / 255
-    image = read_image(args.image)
+    image, shown_hw = read_image(args.image)
     h, w = image.shape[:2]
-    prompt = user_prompts(args, (h, w))
+    prompt = user_prompts(args, shown_hw, w / shown_hw[1])
     engine = load_engine(args.model, args.weights)
     own = prompt if prompt is not None else point_prompt(w / 2, h / 2)
 
     attack = make_attack(args.attack, engine, eps=eps, steps=args.steps, step_size=step_size,
                          generator=args.generator, random_start=not args.no_random_start, seed=args.seed,
                          progress=lambda t, total: print(f"\rstep {t}/{total}", end="", file=sys.stderr, flush=True))
-    result = attack(image_to_tensor(image), [own] if attack.uses_prompts else None)
+    try:
+        result = attack(image_to_tensor(image), [own] if attack.uses_prompts else None)
+    except (RuntimeError, MemoryError) as error:  # out of memory: say what to change
+        if is_out_of_memory(error):
+            raise RuntimeError(out_of_memory_message(error)) from None
+        raise
     print(file=sys.stderr)
     adv = result.to_uint8()
     from PIL import Image

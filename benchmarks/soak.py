@@ -1,0 +1,247 @@
+"""Soak test of the web app: concurrent users through the HTTP API, checking that nobody sees another's data.
+
+Each of ``--sessions`` gradio_client sessions (one thread each) repeats, for ``--rounds`` rounds:
+upload its own image (a coloured disc on noise; the disc's place depends on the session and the
+round, the image's height on the session), click the disc, run a short attack. Every answer is
+checked against that session's own image: the canvas and the adversarial PNG have its size, the
+PNG lies within ε of its pixels, and the clean masks (on the canvas and the original-clean
+panel) sit on its disc, not on another session's. After each round the server's resident memory
+(RSS) is recorded, with the latency of every call.
+
+The server is the real app (``python app.py``, the embedded sam-small and its shipped adapter)
+in a subprocess on 127.0.0.1; nothing else is contacted.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/soak.py     # 8 sessions x 60 rounds -> benchmarks/results/soak.json
+    python benchmarks/soak.py --sessions 8 --rounds 3 --out /tmp/soak.json
+
+Reading the RSS: it grows over the first rounds and then levels off. Part of the growth is the
+shared embedding cache filling up to its bound (256 MB; each round adds 32 embeddings of 0.25 MB
+with sam-small: 16 new images, original and robust model), the rest allocator warm-up.
+
+tests/test_reliability.py runs a short version (8 sessions x 2 rounds) in-process with the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SLOTS = [(40 + 58 * (k % 4), 56 + 112 * (k // 4)) for k in range(8)]  # disc centres (x, y), far apart
+COLOURS = [(230, 50, 50), (50, 200, 50), (220, 60, 220), (235, 235, 235)]  # red, green, magenta, white
+RADIUS = 22
+EPS, STEPS = 8, 2
+MASK_RGB_MIN_CHANGE = 40  # a pixel the overlay changed by more than this (tint, contour, marker)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scene(session: int, round_: int) -> tuple[np.ndarray, int]:
+    """Session ``session``'s image in round ``round_`` (H x W x 3 uint8) and the slot of its disc."""
+    slot = (session + round_) % len(SLOTS)
+    h, w = 224 + 8 * session, 256
+    rng = np.random.default_rng(1000 * session + round_)
+    image = rng.normal(110, 12, (h, w, 3)).clip(0, 255).astype(np.uint8)
+    cx, cy = SLOTS[slot]
+    yy, xx = np.mgrid[:h, :w]
+    image[(xx - cx) ** 2 + (yy - cy) ** 2 < RADIUS**2] = COLOURS[slot % len(COLOURS)]
+    return image, slot
+
+
+def read_rgb(path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def mask_slot(picture: np.ndarray, image: np.ndarray, scale: int, click: tuple[float, float]) -> tuple[int, float]:
+    """Where the overlay of ``picture`` (``image`` shown at ``scale``, a mask drawn on it) lies: the nearest
+    disc slot to the median changed pixel, and its distance (image pixels). The click's marker and the
+    bottom strip (where panels write their IoU) are left out, so that only the mask counts."""
+    shown = cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    changed = np.abs(picture[:shown.shape[0], :shown.shape[1]].astype(int) - shown.astype(int)).max(axis=2)
+    changed = changed > MASK_RGB_MIN_CHANGE
+    changed[-max(30, shown.shape[0] // 8):] = False
+    yy, xx = np.mgrid[:shown.shape[0], :shown.shape[1]]
+    changed[(xx / scale - click[0]) ** 2 + (yy / scale - click[1]) ** 2 < 12**2] = False
+    ys, xs = np.nonzero(changed)
+    if not len(xs):
+        return -1, float("inf")
+    x, y = np.median(xs) / scale, np.median(ys) / scale
+    distances = [np.hypot(x - sx, y - sy) for sx, sy in SLOTS]
+    return int(np.argmin(distances)), float(min(distances))
+
+
+def session_round(client, session: int, round_: int, folder: Path, model: str = "sam-small") -> dict:
+    """One session's round through the API; returns latencies (s). Raises AssertionError on any mix-up."""
+    from gradio_client import handle_file
+
+    from samdemo import app_logic as L
+
+    image, slot = scene(session, round_)
+    path = folder / f"s{session}-r{round_}.png"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    scale = L.display_scale(image.shape[:2])
+    where = f"session {session}, round {round_}"
+    times = {}
+
+    start = time.perf_counter()
+    canvas, _, status = client.predict(handle_file(str(path)), model, api_name="/set_image")
+    times["set_image"] = time.perf_counter() - start
+    shown = read_rgb(canvas)
+    assert shown.shape == (image.shape[0] * scale, image.shape[1] * scale, 3), (where, shown.shape, status)
+    assert np.array_equal(shown[::scale, ::scale], image), f"{where}: the canvas shows another image"
+
+    click = SLOTS[slot]
+    start = time.perf_counter()
+    canvas, status = client.predict(L.MODE_POSITIVE, model, *click, api_name="/click")
+    times["click"] = time.perf_counter() - start
+    assert "Clean mask" in status and "1 positive point" in status, (where, status)
+    found, distance = mask_slot(read_rgb(canvas), image, scale, click)
+    assert found == slot and distance < 25, f"{where}: the canvas mask is at slot {found}, not {slot}"
+
+    start = time.perf_counter()
+    outputs = client.predict(model, "shipped", "", "", "mask", "pgd", EPS, STEPS, session, "original",
+                             api_name="/attack")
+    times["attack"] = time.perf_counter() - start
+    *panels, table, _, _, adv_png, timings = outputs
+    adv = read_rgb(adv_png)
+    assert adv.shape == image.shape, (where, adv.shape, image.shape)
+    linf = int(np.abs(adv.astype(int) - image.astype(int)).max())
+    assert linf <= EPS, f"{where}: the adversarial PNG is {linf}/255 from this session's image"
+    found, distance = mask_slot(read_rgb(panels[0]["value"]), image, scale, click)
+    assert found == slot and distance < 25, f"{where}: the clean panel's mask is at slot {found}, not {slot}"
+    assert f"{STEPS} steps" in timings, (where, timings)
+    return times
+
+
+def run_round(url: str, round_: int, sessions: int, folder: Path, clients: dict | None = None) -> dict:
+    """All sessions at once, one thread each; returns {"latency_s": {...}, "failures": [...], "seconds": s}.
+    ``clients`` (session -> gradio_client.Client) keeps the sessions across rounds."""
+    from gradio_client import Client
+
+    clients = clients if clients is not None else {}
+    results, failures = {}, []
+
+    def work(i: int) -> None:
+        try:
+            if i not in clients:
+                clients[i] = Client(url, verbose=False)
+            results[i] = session_round(clients[i], i, round_, folder)
+        except Exception as error:  # reported, not raised: the other sessions go on
+            failures.append(f"{type(error).__name__}: {error}")
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,), name=f"soak-{i}") for i in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    latency = {key: [r[key] for r in results.values()] for key in ("set_image", "click", "attack")}
+    return {"latency_s": latency, "failures": failures, "seconds": time.perf_counter() - start}
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of a process (Linux /proc), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+    return {"median": round(statistics.median(ordered), 4), "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 4),
+            "max": round(ordered[-1], 4), "n": len(ordered)}
+
+
+def start_app(port: int, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), GRADIO_ANALYTICS_ENABLED="False")
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+            return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"the app did not start; see {log_path}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--max-seconds", type=float, default=900, help="stop after the round that passes this")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
+    args = parser.parse_args(argv)
+
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="samdemo-soak-"))
+    process = start_app(port, folder / "app.log")
+    url = f"http://127.0.0.1:{port}/"
+    rounds, clients, start = [], {}, time.perf_counter()
+    try:
+        rss_start = rss_mb(process.pid)
+        for r in range(args.rounds):
+            result = run_round(url, r, args.sessions, folder, clients)
+            rounds.append({"round": r, "rss_mb": round(rss_mb(process.pid), 1), "seconds": round(result["seconds"], 2),
+                           "failures": result["failures"],
+                           "latency_s": {k: summary(v) for k, v in result["latency_s"].items()}})
+            print(f"round {r}: RSS {rounds[-1]['rss_mb']:.0f} MB, {result['seconds']:.1f} s, "
+                  f"{len(result['failures'])} failures", flush=True)
+            if time.perf_counter() - start > args.max_seconds:
+                break
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    every = {key: [r["latency_s"][key]["median"] for r in rounds if r["latency_s"][key]["n"]]
+             for key in ("set_image", "click", "attack")}
+    result = {
+        "benchmark": "soak",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "sessions": args.sessions, "rounds_run": len(rounds), "attack": f"mask, PGD, eps {EPS}/255, {STEPS} steps",
+        "model": "sam-small (embedded) + shipped adapter", "server": "python app.py, subprocess on 127.0.0.1",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_average": os.getloadavg()},
+        "rss_mb_before_first_round": round(rss_start, 1),
+        "rss_mb_per_round": [r["rss_mb"] for r in rounds],
+        "failures": sum(len(r["failures"]) for r in rounds),
+        "median_of_round_medians_s": {k: round(statistics.median(v), 4) if v else None for k, v in every.items()},
+        "rounds": rounds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
