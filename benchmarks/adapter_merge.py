@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
 from samdemo.adapter import apply_adapter, default_target_modules  # noqa: E402
 from samdemo.build import ModelUnavailableError, get_spec, load_model  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
@@ -165,8 +166,7 @@ def main(argv=None) -> dict:
                     "loadavg_1min_at_end": round(os.getloadavg()[0], 2)},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("model", "weights", "median_ms", "ratio_merged_over_original",
                                               "median_paired_ratio_merged_over_original", "ratio_unmerged_over_original",
                                               "within_2_percent")}, indent=1))

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import app  # noqa: E402
+from benchmarks._common import write_json  # noqa: E402
 from samdemo import app_logic as L  # noqa: E402
 from samdemo.build import CHECKPOINT_DIR, ModelUnavailableError, get_spec, load_model  # noqa: E402
 from samdemo.engine import EmbeddingCache, SegmentEngine  # noqa: E402
@@ -168,8 +169,7 @@ def main(argv=None) -> int:
                     "click_met": click_ms["median"] <= TARGET_CLICK_MS,
                     "attack_met": attack_s["median"] <= TARGET_ATTACK_S},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -21,7 +21,6 @@ model and Meta's SAM ViT-B / ViT-H architectures, where the encoder dominates.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -33,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
 from samdemo.attacks import CrossPromptAttack  # noqa: E402
 from samdemo.attacks.base import background_bce  # noqa: E402
 from samdemo.build import ModelUnavailableError, load_model  # noqa: E402
@@ -166,9 +166,7 @@ def main(argv=None) -> int:
         results["flop_projection"][name] = {"gflop_per_step": gflops, "ratio_32_over_1": gflops["32"] / gflops["1"]}
         print(f"FLOPs per step, {name}: encoder only {gflops['0']:.1f} G, 1 prompt {gflops['1']:.1f} G, "
               f"32 prompts {gflops['32']:.1f} G (ratio {gflops['32'] / gflops['1']:.2f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"-> {args.out}")
+    print(f"-> {write_json(args.out, results)}")
     return 0
 
 

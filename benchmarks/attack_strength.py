@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
 from samdemo.attacks.transfer import DEFAULT_ATTACKS, EVAL_TYPES, predict_types, transfer_matrix  # noqa: E402
 from samdemo.engine import image_to_tensor  # noqa: E402
 from samdemo.metrics import batch_iou  # noqa: E402
@@ -111,9 +112,7 @@ def main(argv=None) -> int:
         engine = load_engine(model, args.weights[index] if args.weights else None)
         engine.model.requires_grad_(False)
         output["models"][model] = evaluate(engine, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=1) + "\n")
-    print(f"-> {args.out}")
+    print(f"-> {write_json(args.out, output)}")
     return 0
 
 

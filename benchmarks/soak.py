@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,17 +43,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import free_port, stop, write_json  # noqa: E402
+
 SLOTS = [(40 + 58 * (k % 4), 56 + 112 * (k // 4)) for k in range(8)]  # disc centres (x, y), far apart
 COLOURS = [(230, 50, 50), (50, 200, 50), (220, 60, 220), (235, 235, 235)]  # red, green, magenta, white
 RADIUS = 22
 EPS, STEPS = 8, 2
 MASK_RGB_MIN_CHANGE = 40  # a pixel the overlay changed by more than this (tint, contour, marker)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scene(session: int, round_: int) -> tuple[np.ndarray, int]:
@@ -217,11 +212,7 @@ def main(argv=None) -> int:
             if time.perf_counter() - start > args.max_seconds:
                 break
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
     every = {key: [r["latency_s"][key]["median"] for r in rounds if r["latency_s"][key]["n"]]
              for key in ("set_image", "click", "attack")}
     result = {
@@ -237,8 +228,7 @@ def main(argv=None) -> int:
         "median_of_round_medians_s": {k: round(statistics.median(v), 4) if v else None for k, v in every.items()},
         "rounds": rounds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
     return 1 if result["failures"] else 0
 

@@ -909,10 +909,7 @@ def save_adapter(adapter: Adapter, folder: str | Path, *, training: dict | None 
     if plot:
         from samdemo.plots import singular_value_plot
 
-        # The default title speaks of singular values being trained; the baselines train W itself.
-        title = None if config.method == "svd" else f"{LAYER_TYPES[config.method].card_title}: singular values of W, W'"
-        figure = singular_value_plot(adapter, title=title)
-        figure.savefig(folder / PLOT_FILE, dpi=110)
+        singular_value_plot(adapter).savefig(folder / PLOT_FILE, dpi=110)
     (folder / CARD_FILE).write_text(model_card(config, has_plot=(folder / PLOT_FILE).exists()), encoding="utf-8")
     return folder
 

@@ -37,8 +37,7 @@ import gradio as gr
 import numpy as np
 
 from samdemo import limits
-from samdemo.build import (CHECKPOINT_DIR, MODEL_REGISTRY, HubUnreachableError, ModelUnavailableError, get_spec,
-                           hub_file_size)
+from samdemo.build import CHECKPOINT_DIR, MODEL_REGISTRY, ModelUnavailableError, get_spec
 from samdemo.engine import EmbeddingCache, Prediction, SegmentEngine, image_to_tensor, tensor_to_image
 from samdemo.limits import UserError
 from samdemo.metrics import mask_iou
@@ -580,20 +579,19 @@ def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path
             if not folder.is_dir():
                 raise UserError(f"No adapter is shipped for {engine.name} (no folder checkpoints/{folder.name}/): "
                                 "choose another model, an adapter from the Hub, or none.")
-            adapter = adapter_lib.load_adapter(robust_engine, folder)
             source = f"checkpoints/{folder.name}"
         else:
             from samdemo import hub
 
-            if Path(choice.repo_id).expanduser().exists():  # hub.load_adapter also reads local folders
+            if Path(choice.repo_id).expanduser().exists():  # hub.resolve_adapter also takes local folders
                 raise UserError(f"{choice.repo_id!r} names a local path; the app loads adapters only from the Hub "
                                 "(or the shipped one).")
-            cached = _check_hub_adapter(choice)
-            if cached is not None:
-                adapter = adapter_lib.load_adapter(robust_engine, cached)
-            else:
-                adapter = hub.load_adapter(robust_engine, choice.repo_id, revision=choice.revision or None)
+            try:  # hub.py bounds the wait (Hub timeout, cached copy) and the size; its messages name the repo
+                folder = hub.resolve_adapter(choice.repo_id, revision=choice.revision or None)
+            except adapter_lib.AdapterError as error:
+                raise UserError(f"{error} The shipped adapter and the embedded models still work.") from None
             source = f"Hub: {choice.label}"
+        adapter = adapter_lib.load_adapter(robust_engine, folder)
     except adapter_lib.AdapterError as error:
         raise UserError(f"Adapter {choice.label} cannot be used with {engine.name}: {error}") from None
     except ModelUnavailableError as error:
@@ -601,31 +599,6 @@ def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path
     adapter.merge()
     robust_engine.model.requires_grad_(False)
     return RobustModel(robust_engine, adapter, adapter.num_trainable, source)
-
-
-def _check_hub_adapter(choice: AdapterChoice) -> Path | None:
-    """Before downloading a Hub adapter: refuse one too large to be an adapter (``limits.MAX_ADAPTER_MB``),
-    and when the Hub does not answer (huggingface_hub would wait up to a minute per try, holding the app's
-    model-loading lane), return its folder in the local Hugging Face cache or refuse. None: download it."""
-    from huggingface_hub import try_to_load_from_cache
-
-    from samdemo.adapter import CONFIG_FILE, WEIGHTS_FILE
-
-    revision = choice.revision or None
-    try:
-        size = hub_file_size(choice.repo_id, WEIGHTS_FILE, revision)
-    except HubUnreachableError as error:
-        cached = try_to_load_from_cache(choice.repo_id, CONFIG_FILE, revision=revision)
-        if isinstance(cached, str):
-            log.warning("%s; using the cached copy of %s", error, choice.label)
-            return Path(cached).parent
-        raise UserError(f"Adapter {choice.label} cannot be downloaded now: {error}, and it is not in the local "
-                        "cache. The shipped adapter and the embedded models still work.") from None
-    if size is not None and size > limits.MAX_ADAPTER_MB * 2**20:
-        raise UserError(f"Adapter {choice.label}: its {WEIGHTS_FILE} is {size / 2**20:.1f} MB, more than the "
-                        f"{limits.MAX_ADAPTER_MB:g} MB allowed here (SAMDEMO_MAX_ADAPTER_MB); an SVD adapter holds "
-                        "a few thousand numbers. Not downloaded.")
-    return None
 
 
 def adapter_figure(robust: RobustModel | None):
@@ -1166,9 +1139,9 @@ class Lab:
                 return ("No adapter: the *robust* panels stay empty and only the original model is attacked.", None)
             count = f"{robust.trainable:,} trainable values" if robust.trainable is not None else "its trainable values"
             total = sum(p.numel() for p in robust.engine.model.parameters())
-            md = (f"**Adapter** ({robust.source}): {count}, {100 * (robust.trainable or 0) / max(total, 1):.3f} % of "
-                  f"the model's {total / 1e6:.1f} M. The plot shows how it rescales the singular values of the "
-                  "image encoder's weights.")
+            md = (f"**Adapter** ({robust.source}): {robust.adapter.noun}, {count}, "
+                  f"{100 * (robust.trainable or 0) / max(total, 1):.3f} % of the model's {total / 1e6:.1f} M. The plot "
+                  "shows the singular values of the adapted weights before and after it.")
             return md, adapter_figure(robust)
         except Exception as error:
             return self._warning(error), None

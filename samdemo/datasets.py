@@ -14,8 +14,9 @@ A ``--data`` string picks the source:
   "counts"}}]}`` next to its image ``DIR/<file_name>``.
 
 A bare path ending in ``.json`` is read as COCO. Samples are in name order (sorted); images
-load lazily, one at a time. Images are read as stored (no EXIF rotation: annotations refer to
-the stored pixels). An image larger than ``max_side`` (default 1024, the SAM input size) on its
+load lazily, one at a time. Images are decoded by the app's decoder (``samdemo.limits.read_image``:
+pixel cap, 16-bit and transparency converted) as stored (no EXIF rotation: annotations refer to the
+stored pixels). An image larger than ``max_side`` (default 1024, the SAM input size) on its
 longest side is downscaled with area interpolation, and its masks with it (area, kept where at
 least half covered). Instances left empty are dropped; an image without any instance yields a
 sample with ``N = 0`` (the evaluation skips it). Anything malformed raises :class:`DatasetError`
@@ -235,16 +236,15 @@ def sa1b_dataset(root: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> Dataset:
 
 # ------------------------------------------------------------------------------------------ readers
 def read_image(path: Path) -> np.ndarray:
-    """H x W x 3 uint8 RGB (grey and RGBA converted)."""
-    from PIL import Image
+    """H x W x 3 uint8 RGB at full resolution (``Dataset`` bounds the image and its masks together)."""
+    from samdemo import limits
 
     if not path.is_file():
         raise DatasetError(f"image {path} does not exist.")
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-        raise DatasetError(f"cannot read image {path} ({type(error).__name__}).") from None
+        return limits.read_image(path, max_side=0, exif=False)[0]
+    except limits.UserError as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from None
 
 
 def _read_png(path: Path) -> np.ndarray:

@@ -6,7 +6,10 @@ Loading: :func:`load_adapter` takes a local folder or a Hub repo id ``owner/name
 optional revision: branch, tag or commit hash). Hub downloads go through
 ``huggingface_hub.snapshot_download`` and its cache (``HF_HOME`` / ``HF_HUB_CACHE``); with
 ``HF_HUB_OFFLINE=1`` only the cache is used and a missing adapter gives a clear error.
-``HF_ENDPOINT`` selects another Hub (the tests use a loopback server).
+``HF_ENDPOINT`` selects another Hub (the tests use a loopback server). Before downloading, one
+HEAD request with a short timeout (``samdemo.build.hub_file_size``, ``SAMDEMO_HUB_TIMEOUT``)
+checks that the Hub answers and that ``adapter.safetensors`` is at most ``SAMDEMO_MAX_ADAPTER_MB``;
+a Hub that does not answer falls back to the cache.
 
 Pushing: :func:`push_adapter` validates the folder first (a malformed adapter is never
 uploaded), creates the repo if needed (``create_repo(exist_ok=True)``), creates the branch
@@ -15,14 +18,16 @@ if a non-main revision is given, then ``upload_folder`` with only the adapter's 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 from pathlib import Path
 
-from samdemo.adapter import ADAPTER_FILES, Adapter, AdapterError, read_adapter_folder
+from samdemo.adapter import ADAPTER_FILES, WEIGHTS_FILE, Adapter, AdapterError, read_adapter_folder
 from samdemo.adapter import load_adapter as _load_local
 
+log = logging.getLogger(__name__)
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -47,9 +52,22 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
+    from samdemo import limits
+    from samdemo.build import HubUnreachableError, hub_file_size
+
     where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    # huggingface_hub alone retries a refused connection for ~25 s and waits minutes on a silent Hub.
     try:
-        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(ADAPTER_FILES))
+        size, unreachable = hub_file_size(repo_id, WEIGHTS_FILE, revision), None
+    except HubUnreachableError as error:
+        size, unreachable = None, str(error)
+    if size is not None and size > limits.MAX_ADAPTER_MB * 2**20:  # refused before anything is downloaded
+        raise AdapterError(f"Adapter {where}: its {WEIGHTS_FILE} is {size / 2**20:.1f} MB, more than the "
+                           f"{limits.MAX_ADAPTER_MB:g} MB allowed here (SAMDEMO_MAX_ADAPTER_MB); an SVD adapter "
+                           "holds a few thousand numbers. Not downloaded.")
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(ADAPTER_FILES),
+                                   local_files_only=unreachable is not None)
     except RevisionNotFoundError:
         raise AdapterError(f"The Hub repo {repo_id} has no revision {revision!r} (branch, tag or commit).") from None
     except GatedRepoError:
@@ -64,12 +82,15 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
             raise AdapterError(f"Adapter {where} is not in the local Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 "
                                "forbids downloading it. Unset HF_HUB_OFFLINE and connect once, or give a local "
                                "adapter folder.") from None
-        raise AdapterError(f"Could not download adapter {where} from {constants.ENDPOINT} and it is not in the local "
-                           f"cache ({cache}): {str(error).splitlines()[0]}. Check the connection.") from None
+        reason = unreachable or f"{constants.ENDPOINT}: {str(error).splitlines()[0]}"
+        raise AdapterError(f"Adapter {where} cannot be downloaded now: {reason}, and it is not in the local Hugging "
+                           f"Face cache ({cache}). Check the connection.") from None
     except HfHubHTTPError as error:
         raise AdapterError(f"Hub error while downloading adapter {where}: {str(error).splitlines()[0]}") from None
     except OSError as error:
         raise AdapterError(f"Could not download adapter {where}: {type(error).__name__}: {error}") from None
+    if unreachable:
+        log.warning("%s; using the cached copy of adapter %s", unreachable, where)
     return Path(folder)
 
 

@@ -76,15 +76,17 @@ def max_upload_bytes() -> int:
 # Images
 # ---------------------------------------------------------------------------------------------
 
-def read_image(path: str | Path, max_side: int | None = None) -> tuple[np.ndarray, str, tuple[int, int]]:
+def read_image(path: str | Path, max_side: int | None = None,
+               exif: bool = True) -> tuple[np.ndarray, str, tuple[int, int]]:
     """Decode an image file within the limits -> (H x W x 3 uint8, a note for the user or "", the file's
     own (width, height) as a viewer shows it: prompts given in that frame scale by W / width).
 
     The pixel count is checked on the header, before any pixel is decoded (a small PNG can expand
     to gigabytes). ``max_side`` (default ``MAX_SIDE``; 0 keeps the full resolution): larger images
     are downscaled, JPEGs directly decoded at 1/2, 1/4 or 1/8 scale. The EXIF orientation is
-    applied (the image shown is the image segmented, as a viewer shows it), an animation gives its
-    first frame, 16-bit and transparent images are converted properly."""
+    applied (the image shown is the image segmented, as a viewer shows it; ``exif=False`` keeps the
+    stored pixels), an animation gives its first frame, 16-bit and transparent images are converted
+    properly."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -107,7 +109,7 @@ def read_image(path: str | Path, max_side: int | None = None) -> tuple[np.ndarra
             if frames > 1:
                 notes.append(f"The file has {frames} frames; the first is used.")
             try:
-                image = ImageOps.exif_transpose(image)
+                image = ImageOps.exif_transpose(image) if exif else image
             except Exception:  # a malformed EXIF block: keep the pixels as stored
                 notes.append("Its EXIF orientation could not be read; the image is used as stored.")
             if image.size != (dw, dh):  # turned by 90 degrees: the original size as shown

@@ -8,29 +8,35 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def _singular_value_pairs(source) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (base s, adapted s) from an SVDAdapter, an AdapterFiles, a folder or a mapping."""
+def _singular_value_pairs(source) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """(name -> (s of W, s of W'), the adapter's method) from an Adapter, an AdapterFiles, a folder or a
+    mapping (read as svd)."""
     from pathlib import Path
 
-    from samdemo.adapter import AdapterFiles, SVDAdapter, read_adapter_folder
+    from samdemo.adapter import Adapter, AdapterFiles, read_adapter_folder
 
     if isinstance(source, (str, Path)):
         source = read_adapter_folder(source)
-    if isinstance(source, (SVDAdapter, AdapterFiles)):
-        source = source.singular_values() if isinstance(source, SVDAdapter) else source.values()
+    method = "svd"  # a mapping holds (s_base, s) pairs
+    if isinstance(source, Adapter):
+        method, source = source.method, source.singular_values()
+    elif isinstance(source, AdapterFiles):
+        method, source = source.config.method, source.values()
     if not isinstance(source, Mapping) or not source:
         raise ValueError("singular_value_plot needs an adapter, an adapter folder or {layer: (base, adapted)}.")
     return {name: (np.asarray(base, dtype=np.float64).reshape(-1), np.asarray(adapted, dtype=np.float64).reshape(-1))
-            for name, (base, adapted) in source.items()}
+            for name, (base, adapted) in source.items()}, method
 
 
 def singular_value_plot(adapter, title: str | None = None) -> Figure:
     """Original vs adapted singular values per layer (log scale), one panel per layer.
 
-    ``adapter``: an ``SVDAdapter``, ``AdapterFiles``, adapter folder, or {layer: (base, adapted)}.
-    The lower strip of each panel shows the ratio adapted / original.
+    ``adapter``: an ``Adapter`` (any method), ``AdapterFiles`` (svd), adapter folder (svd), or
+    {layer: (base, adapted)}. The lower strip of each panel shows the ratio adapted / original.
     """
-    pairs = _singular_value_pairs(adapter)
+    from samdemo.adapter import LAYER_TYPES
+
+    pairs, method = _singular_value_pairs(adapter)
     n = len(pairs)
     figure = Figure(figsize=(4.2 * n, 4.0), layout="constrained")
     grid = figure.add_gridspec(2, n, height_ratios=[3, 1])
@@ -54,6 +60,10 @@ def singular_value_plot(adapter, title: str | None = None) -> Figure:
         rel = np.nanmean(np.abs(ratio - 1))
         ratio_ax.set_title(f"mean |change| {100 * rel:.1f} %", fontsize=8)
         ratio_ax.grid(alpha=0.3, lw=0.4)
-    total = sum(len(base) for base, _ in pairs.values())
-    figure.suptitle(title or f"SVD adapter: {total} singular values in {n} layer{'s' * (n > 1)}", fontsize=10)
+    if title is None and method == "svd":
+        total = sum(len(base) for base, _ in pairs.values())
+        title = f"SVD adapter: {total} singular values in {n} layer{'s' * (n > 1)}"
+    elif title is None:  # the baselines train W itself, not its singular values: these are W's and W''s spectra
+        title = f"{LAYER_TYPES[method].card_title}: singular values of W, W'"
+    figure.suptitle(title, fontsize=10)
     return figure

@@ -8,7 +8,6 @@ engines and a real "shipped" adapter (see test_app_logic.py); one test also star
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,11 @@ except ImportError:  # tests/ imported as a package
     from tests.test_app_logic import tiny_lab, write_tiny_adapters
 
 import app
+from benchmarks._common import free_port, stop
 from samdemo import app_logic as L
 
 REPO = Path(__file__).resolve().parent.parent
 SCENE = REPO / "assets" / "scene-0.png"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +199,5 @@ def test_app_py_starts_and_serves(tmp_path):
         config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10).read().decode()
         assert "Run attack" in config and "Robust model" in config
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()

@@ -152,6 +152,21 @@ def test_large_images_are_bounded(tmp_path):
     assert open_dataset(str(tmp_path))[0].masks.shape == (1, 427, 1024)  # default bound: 1024
 
 
+def test_images_are_read_as_stored_by_the_shared_decoder(tmp_path):
+    """samdemo.limits.read_image without its EXIF rotation (masks refer to the stored pixels); 16-bit is
+    scaled, not clipped."""
+    image, exif = rgb(), Image.Exif()
+    exif[0x0112] = 6  # Orientation: a viewer would turn it by 90 degrees
+    grey16 = np.random.default_rng(1).integers(0, 65536, (H, W), dtype=np.uint16)
+    for name in ("grey16", "rotated"):
+        save_png(tmp_path / "masks" / name / "0.png", np.full((H, W), 255, np.uint8))
+    save_png(tmp_path / "images" / "grey16.png", grey16)
+    Image.fromarray(image).save(tmp_path / "images" / "rotated.png", exif=exif)
+    grey16_sample, rotated_sample = open_dataset(str(tmp_path))
+    assert np.array_equal(rotated_sample.image, image)
+    assert np.array_equal(grey16_sample.image, np.repeat(np.round(grey16 / 257).astype(np.uint8)[..., None], 3, 2))
+
+
 # ------------------------------------------------------------------------------------------ errors
 def folder_with(tmp_path, image_size=(H, W), mask_size=(H, W)):
     save_png(tmp_path / "images" / "a.png", rgb(h=image_size[0], w=image_size[1]))

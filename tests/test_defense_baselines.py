@@ -13,6 +13,7 @@ from samdemo import hub
 from samdemo.adapter import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AdapterError, apply_adapter,
                              default_target_modules, get_adapter, load_adapter, read_adapter_folder, save_adapter)
 from samdemo.build import CHECKPOINT_DIR, CONFIG_DIR, build_architecture
+from samdemo.plots import singular_value_plot
 from tests.test_adapter import _edit_config, _neck, _train_cfg, images, max_diff, outputs, tiny_engine
 
 BASELINES = ["lora", "full"]
@@ -179,6 +180,8 @@ def test_save_load_round_trip(saved, tmp_path):
     assert {"lora": "# LoRA robustness adapter (baseline)", "full": "# Full-weight robustness adapter"}[method] in card
     assert f"(method `{method}`:" in card and "svd" not in card.split("---")[1]  # the tags name the method
     assert (folder / "singular_values.png").stat().st_size > 10_000  # spectra of W and W'
+    title = singular_value_plot(load_adapter(fresh, folder)).get_suptitle()  # the app's plot too
+    assert title.endswith("robustness adapter (baseline): singular values of W, W'") and "SVD" not in title
     with pytest.raises(AdapterError, match="not singular values"):
         read_adapter_folder(folder).values()
 

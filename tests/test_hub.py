@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.hub_server import FakeHub
+from benchmarks._common import free_port
+from tests.hub_server import DEFAULT_TOKEN, FakeHub
 from samdemo.adapter import AdapterError, apply_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, build_architecture
 from samdemo.engine import SegmentEngine
@@ -84,10 +85,22 @@ OFFLINE = COMMON + textwrap.dedent("""
     print("OFFLINE OK")
 """)
 
+UNREACHABLE = textwrap.dedent("""
+    import time
+    from samdemo.adapter import AdapterError
+    from samdemo.hub import resolve_adapter
+    start = time.perf_counter()
+    try:
+        resolve_adapter("tester/tiny-robust-sam")
+    except AdapterError as error:
+        print("ERROR", error)
+    print("SECONDS", time.perf_counter() - start)
+""")
 
-def _client_env(hub: FakeHub, home: Path, offline: bool) -> dict:
+
+def _client_env(endpoint: str, home: Path, offline: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_TOKEN=hub.token, HF_HUB_OFFLINE="1" if offline else "0",
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_TOKEN=DEFAULT_TOKEN, HF_HUB_OFFLINE="1" if offline else "0",
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     return env
@@ -119,7 +132,7 @@ def adapter_folder(tmp_path):
 def test_push_download_load_round_trip_through_a_loopback_hub(adapter_folder, tmp_path):
     folder, reference = adapter_folder
     with FakeHub() as hub:
-        env = _client_env(hub, tmp_path / "hf_home", offline=False)
+        env = _client_env(hub.endpoint, tmp_path / "hf_home", offline=False)
         push = _run(["-m", "samdemo", "push-adapter", str(folder), "--repo", REPO, "--revision", "v1"], env, tmp_path)
         commit = hub.repos[REPO].branches["v1"]
         assert f"commit {commit}" in push.stdout
@@ -142,13 +155,22 @@ def test_push_download_load_round_trip_through_a_loopback_hub(adapter_folder, tm
 
         # Offline: the cached revision still loads, with no request at all; an uncached repo fails clearly.
         seen = len(hub.requests)
-        offline = _run(["-c", OFFLINE, str(reference), str(folder)], _client_env(hub, tmp_path / "hf_home", offline=True),
-                       tmp_path)
+        offline_env = _client_env(hub.endpoint, tmp_path / "hf_home", offline=True)
+        offline = _run(["-c", OFFLINE, str(reference), str(folder)], offline_env, tmp_path)
         assert "OFFLINE OK" in offline.stdout
         assert "ERROR Adapter tester/never-downloaded is not in the local Hugging Face cache" in offline.stdout
         assert "HF_HUB_OFFLINE=1 forbids downloading it" in offline.stdout
         assert "PUSH HF_HUB_OFFLINE=1 is set: pushing needs the Hub" in offline.stdout
         assert len(hub.requests) == seen
+
+
+def test_unreachable_hub_fails_at_once_with_a_clear_error(tmp_path):
+    """HF_ENDPOINT on a closed loopback port: one AdapterError at once, not huggingface_hub's ~25 s of retries."""
+    env = _client_env(f"http://127.0.0.1:{free_port()}", tmp_path / "hf_home", offline=False)
+    result = _run(["-c", UNREACHABLE], dict(env, SAMDEMO_HUB_TIMEOUT="10"), tmp_path)
+    assert "ERROR Adapter tester/tiny-robust-sam cannot be downloaded now: the Hugging Face Hub at" in result.stdout
+    assert "is unreachable" in result.stdout and "not in the local Hugging Face cache" in result.stdout
+    assert float(result.stdout.split("SECONDS")[1]) < 3  # refused at once: far within the 10 s timeout
 
 
 def test_push_refuses_a_malformed_adapter_before_any_request(adapter_folder):

@@ -398,12 +398,6 @@ def test_payload_checkpoint_is_refused_by_the_app(lab, tmp_path, monkeypatch):
 
 
 # ============================================================================ faults: Hub, memory
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there once the socket is closed
-
-
 @pytest.fixture
 def silent_hub():
     """A 'Hub' that accepts connections and never answers (the kernel completes the handshake)."""
@@ -440,7 +434,7 @@ def hub_lab(adapter_root: Path) -> L.Lab:  # noqa: F811
 
 @pytest.mark.parametrize("hub", ["closed port", "silent"])
 def test_unreachable_hub_gives_a_clear_message_fast(online_hub, silent_hub, adapter_root, hub):  # noqa: F811
-    online_hub(silent_hub if hub == "silent" else f"http://127.0.0.1:{closed_port()}")
+    online_hub(silent_hub if hub == "silent" else f"http://127.0.0.1:{free_port()}")
     lab = hub_lab(adapter_root)  # noqa: F811
     start = time.perf_counter()
     info, _, _ = lab.on_model("sam-vit-b", "none", "", "")
@@ -473,7 +467,7 @@ def test_hub_adapter_loads_then_comes_from_the_cache_when_the_hub_is_down(online
         adapter_md, _ = hub_lab(adapter_root).on_adapter("sam-small", "hub", "tester/huge", "")
         assert "more than the 0.001 MB allowed here (SAMDEMO_MAX_ADAPTER_MB)" in adapter_md
         assert not [path for method, path in hub.requests if method == "GET" and path.startswith("/tester/huge/")]
-    online_hub(f"http://127.0.0.1:{closed_port()}")  # the Hub is gone; the cached copy still loads
+    online_hub(f"http://127.0.0.1:{free_port()}")  # the Hub is gone; the cached copy still loads
     lab = hub_lab(adapter_root)  # noqa: F811
     adapter_md, _ = lab.on_adapter("sam-small", "hub", "tester/robust-sam", "")
     assert adapter_md.startswith("**Adapter** (Hub: tester/robust-sam@main)"), adapter_md
