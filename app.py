@@ -67,7 +67,7 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                 model_info = gr.Markdown(elem_id="model-info")
                 with gr.Group():
                     adapter_kind = gr.Radio(L.ADAPTER_CHOICES, value=L.ADAPTER_SHIPPED,
-                                            label="Defence: singular-value adapter (the robust model)")
+                                            label="Defense: robustness adapter (the robust model; shipped = singular values only)")
                     with gr.Row(visible=False) as hub_row:
                         hub_repo = gr.Textbox(label="Hub repo id", placeholder="owner/name", scale=3)
                         hub_rev = gr.Textbox(label="Revision", placeholder="main or a commit hash", scale=2)
