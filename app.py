@@ -45,9 +45,9 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                                                 sources=["upload", "clipboard"], format="png", height=520,
                                                 elem_id="canvas")
                     with gr.Tab("Paint a mask", id="paint"):
-                        editor = gr.ImageEditor(label="Paint over the object", type="numpy", sources=(),
-                                                transforms=(), layers=False, height=520, elem_id="editor",
-                                                brush=gr.Brush(colors=["#00e5e5"], color_mode="fixed", default_size=20))
+                        editor = L.paint_editor(label="Paint over the object", sources=(),
+                                              transforms=(), layers=False, height=520, elem_id="editor",
+                                              brush=gr.Brush(colors=["#00e5e5"], color_mode="fixed", default_size=20))
                         with gr.Row():
                             paint_prompt_btn = gr.Button("Use as mask prompt", elem_id="paint-prompt")
                             paint_gt_btn = gr.Button("Use as ground truth", elem_id="paint-gt")

@@ -11,12 +11,15 @@ panel) sit on its disc, not on another session's. After each round the server's 
 The server is the real app (``python app.py``, the embedded sam-small and its shipped adapter)
 in a subprocess on 127.0.0.1; nothing else is contacted.
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/soak.py     # 8 sessions x 60 rounds -> benchmarks/results/soak.json
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/soak.py --rounds 40 --cache-mb 32   # -> benchmarks/results/soak.json
     python benchmarks/soak.py --sessions 8 --rounds 3 --out /tmp/soak.json
 
-Reading the RSS: it grows over the first rounds and then levels off. Part of the growth is the
-shared embedding cache filling up to its bound (256 MB; each round adds 32 embeddings of 0.25 MB
-with sam-small: 16 new images, original and robust model), the rest allocator warm-up.
+Reading the RSS: it grows over the first rounds and then levels off. Most of the growth is the
+shared embedding cache filling up to its bound (``SAMDEMO_EMBEDDING_CACHE_MB``, 256 MB by default;
+each round adds about 32 embeddings of 0.25 MB with sam-small: 16 new images, original and robust
+model), the rest allocator warm-up. ``--cache-mb`` sets a small bound so that the cache is full after
+a few rounds and what follows shows whether anything else grows: the JSON reports the slope of a
+line fitted to the RSS of the second half of the rounds (MB per round).
 
 tests/test_reliability.py runs a short version (8 sessions x 2 rounds) in-process with the same functions.
 """
@@ -171,8 +174,17 @@ def summary(values: list[float]) -> dict:
             "max": round(ordered[-1], 4), "n": len(ordered)}
 
 
-def start_app(port: int, log_path: Path) -> subprocess.Popen:
+def rss_slope(values: list[float]) -> float | None:
+    """Least-squares slope of ``values`` against their index (MB per round); None for fewer than 3."""
+    if len(values) < 3:
+        return None
+    return round(float(np.polyfit(np.arange(len(values)), values, 1)[0]), 3)
+
+
+def start_app(port: int, log_path: Path, cache_mb: float | None = None) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), GRADIO_ANALYTICS_ENABLED="False")
+    if cache_mb:
+        env["SAMDEMO_EMBEDDING_CACHE_MB"] = str(cache_mb)
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
                                env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -192,12 +204,14 @@ def main(argv=None) -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--max-seconds", type=float, default=900, help="stop after the round that passes this")
+    parser.add_argument("--cache-mb", type=float, default=None,
+                        help="the server's embedding cache bound (SAMDEMO_EMBEDDING_CACHE_MB; default: the app's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
     args = parser.parse_args(argv)
 
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="samdemo-soak-"))
-    process = start_app(port, folder / "app.log")
+    process = start_app(port, folder / "app.log", args.cache_mb)
     url = f"http://127.0.0.1:{port}/"
     rounds, clients, start = [], {}, time.perf_counter()
     try:
@@ -223,7 +237,9 @@ def main(argv=None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_average": os.getloadavg()},
         "rss_mb_before_first_round": round(rss_start, 1),
+        "embedding_cache_mb": args.cache_mb or float(os.environ.get("SAMDEMO_EMBEDDING_CACHE_MB", 256)),
         "rss_mb_per_round": [r["rss_mb"] for r in rounds],
+        "rss_slope_mb_per_round_second_half": rss_slope([r["rss_mb"] for r in rounds][len(rounds) // 2:]),
         "failures": sum(len(r["failures"]) for r in rounds),
         "median_of_round_medians_s": {k: round(statistics.median(v), 4) if v else None for k, v in every.items()},
         "rounds": rounds,

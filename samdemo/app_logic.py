@@ -22,12 +22,14 @@ drawn crisply; clicks come back in the displayed frame and are mapped back with 
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tempfile
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -510,7 +512,7 @@ class ModelManager:
 
     def __init__(self, factory: Callable[[str], SegmentEngine] | None = None, max_models: int = 2,
                  cache: EmbeddingCache | None = None, adapter_root: Path | None = None):
-        self.cache = cache if cache is not None else EmbeddingCache(256 * 2**20)
+        self.cache = cache if cache is not None else EmbeddingCache(int(limits.EMBEDDING_CACHE_MB * 2**20))
         self.adapter_root = Path(adapter_root) if adapter_root is not None else CHECKPOINT_DIR
         self.factory = factory or default_engine_factory(self.cache)
         self.max_models = max_models
@@ -946,6 +948,37 @@ def upload_image(**kwargs) -> gr.Image:
 
     image.preprocess = preprocess
     return image
+
+
+def paint_editor(**kwargs) -> gr.ImageEditor:
+    """A ``gr.ImageEditor`` (numpy layers) that refuses a layer of more than ``limits.MAX_PIXELS``
+    pixels before decoding it.
+
+    Gradio decodes the editor's background, layers and composite itself, before the handler; only
+    Pillow's own decompression-bomb guard (about 179 M pixels) would stop a small PNG that claims
+    to be huge, and the app would hold several copies of it in memory. Pillow reads the size from
+    the header, so the check costs nothing. (Instance patch, not a subclass: see :func:`upload_image`.)"""
+    editor = gr.ImageEditor(type="numpy", **kwargs)
+    convert = editor.convert_and_format_image
+
+    def checked_convert(file, *args, **kw):
+        if file is not None:
+            from PIL import Image
+
+            try:
+                with warnings.catch_warnings():  # Pillow's bomb warning: the size is checked right below
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(file.path if hasattr(file, "path") else io.BytesIO(file)) as image:
+                        w, h = image.size
+            except Exception:
+                raise gr.Error("A painted layer is not a readable image.", print_exception=False) from None
+            if w * h > limits.MAX_PIXELS:
+                raise gr.Error(f"A painted layer is {w}x{h} px; at most {limits.MAX_PIXELS / 1e6:.0f} megapixels "
+                               "are accepted (SAMDEMO_MAX_PIXELS).", print_exception=False)
+        return convert(file, *args, **kw)
+
+    editor.convert_and_format_image = checked_convert
+    return editor
 
 
 class Lab:

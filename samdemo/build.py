@@ -8,6 +8,7 @@ always read with ``torch.load(..., weights_only=True)``; our own weights are saf
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +39,7 @@ class HubFile:
     repo_id: str
     filename: str
     revision: str | None = None  # a commit hash pins the download; None means the repo's main
+    md5: str | None = None  # digest of the file its publisher released: checked before the file is used
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,13 @@ def _registry() -> dict[str, ModelSpec]:
         ModelSpec("sam2-small", "sam2", CONFIG_DIR / "sam2_small.yaml", "sam2-small/model.safetensors", None, 30,
                   "Embedded small SAM 2 (Hiera, 256 px), trained by samdemo on procedural scenes"),
     ]
-    for size, file, mb in [("b", "sam_vit_b_01ec64.pth", 375), ("l", "sam_vit_l_0b3195.pth", 1250),
-                           ("h", "sam_vit_h_4b8939.pth", 2560)]:
+    # Meta's MD5s of its SAM releases (their file names carry the first six digits): whatever mirror
+    # serves the file, it is used only if it is Meta's file, byte for byte.
+    for size, file, mb, md5 in [("b", "sam_vit_b_01ec64.pth", 375, "01ec64d29a2fca3f0661936605ae66f8"),
+                                ("l", "sam_vit_l_0b3195.pth", 1250, "0b3195507c641ddb6910d2bb5adee89c"),
+                                ("h", "sam_vit_h_4b8939.pth", 2560, "4b8939a88964f0f4ff5f5b2642c598a6")]:
         specs.append(ModelSpec(f"sam-vit-{size}", "sam", CONFIG_DIR / f"sam_vit_{size}.yaml", file,
-                               HubFile(SAM_V1_HUB_REPO, f"checkpoints/{file}"), mb,
+                               HubFile(SAM_V1_HUB_REPO, f"checkpoints/{file}", md5=md5), mb,
                                f"SAM ViT-{size.upper()} (Meta, original weights)"))
     for version, folder in [("2", "sam2"), ("2.1", "sam2.1")]:
         for size, short, mb in [("tiny", "t", 156), ("small", "s", 184), ("base-plus", "b+", 324), ("large", "l", 898)]:
@@ -144,11 +149,37 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state["model"] if isinstance(state, dict) and "model" in state else state
 
 
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files whose digest matched
+
+
+def verify_digest(path: Path, md5: str | None, name: str) -> Path:
+    """``path`` if its MD5 is ``md5`` (or no digest is known); else ModelUnavailableError. Checked once
+    per file and process (hashing a 2.5 GB checkpoint takes seconds)."""
+    if md5 is None:
+        return path
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return path
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**24), b""):
+            digest.update(block)
+    if digest.hexdigest() != md5:
+        raise ModelUnavailableError(
+            f"Model {name!r}: {path} is not the published checkpoint (MD5 {digest.hexdigest()}, expected {md5}); "
+            "it is corrupt, truncated or another file. Delete it to download it again.")
+    _VERIFIED.add(key)
+    return path
+
+
 def locate_weights(spec: ModelSpec) -> Path:
-    """Local file in CHECKPOINT_DIR, else the Hub download (cached by huggingface_hub)."""
+    """Local file in CHECKPOINT_DIR, else the Hub download (cached by huggingface_hub); a file with a
+    published digest is checked against it."""
     local = CHECKPOINT_DIR / spec.local_file if spec.local_file else None
+    md5 = spec.hub.md5 if spec.hub else None
     if local is not None and local.exists():
-        return local
+        return verify_digest(local, md5, spec.name)
     if spec.hub is None:
         raise ModelUnavailableError(f"Model {spec.name!r}: weights file {local} is missing from this checkout.")
     from huggingface_hub import hf_hub_download
@@ -159,7 +190,7 @@ def locate_weights(spec: ModelSpec) -> Path:
     except HubUnreachableError as error:
         unreachable = str(error)
     try:  # with the Hub unreachable, a copy in the local cache still loads
-        return Path(hf_hub_download(spec.hub.repo_id, spec.hub.filename, revision=spec.hub.revision,
+        path = Path(hf_hub_download(spec.hub.repo_id, spec.hub.filename, revision=spec.hub.revision,
                                     local_files_only=unreachable is not None))
     except Exception as error:
         raise ModelUnavailableError(
@@ -167,6 +198,7 @@ def locate_weights(spec: ModelSpec) -> Path:
             f"(about {spec.download_mb} MB) and could not get it ({unreachable or type(error).__name__}). Connect "
             f"to the internet once, or put the file at {local}."
         ) from None
+    return verify_digest(path, md5, spec.name)
 
 
 def hub_file_size(repo_id: str, filename: str, revision: str | None = None) -> int | None:

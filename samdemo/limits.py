@@ -11,6 +11,7 @@
 | waiting for the Hugging Face Hub to answer | 10 s | ``SAMDEMO_HUB_TIMEOUT`` |
 | an adapter's weights from the Hub (checked before downloading) | 20 MB | ``SAMDEMO_MAX_ADAPTER_MB`` |
 | requests waiting in the app's queue | 64 | ``SAMDEMO_QUEUE_SIZE`` |
+| image embeddings kept for re-use, all sessions together | 256 MB | ``SAMDEMO_EMBEDDING_CACHE_MB`` |
 
 The variables are read once, at import; a malformed value stops the start with a message naming it.
 Everything here is plain Python and numpy (Pillow, OpenCV and torch are imported where used), so
@@ -62,6 +63,7 @@ TRANSFER_TIME_LIMIT_S: float = _env("SAMDEMO_TRANSFER_TIME_LIMIT", 300.0)
 HUB_TIMEOUT_S: float = _env("SAMDEMO_HUB_TIMEOUT", 10.0)
 MAX_ADAPTER_MB: float = _env("SAMDEMO_MAX_ADAPTER_MB", 20.0)  # adapters hold thousands of numbers: kilobytes
 QUEUE_SIZE: int = _env("SAMDEMO_QUEUE_SIZE", 64, int)
+EMBEDDING_CACHE_MB: float = _env("SAMDEMO_EMBEDDING_CACHE_MB", 256.0)  # the app's main memory after the models
 
 # Pillow decodes many formats; these are the ones an image upload needs. The others stay closed:
 # EPS, for one, is rendered by running Ghostscript. (Phones' multi-picture JPEGs open as JPEG.)

@@ -121,6 +121,25 @@ def test_adaptive_attack_with_ground_truth(client, tmp_path):
     assert "Crafted on the **robust** model" in outputs[-1] and "your ground truth" in outputs[-1]
 
 
+def test_a_painted_layer_claiming_too_many_pixels_is_refused_before_decoding(client, tmp_path):
+    from PIL import Image
+
+    client.predict("sam-small", 0, api_name="/load_example")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(bomb)  # a few kB on disk, 100 M pixels (400 MB as RGBA)
+    assert bomb.stat().st_size < 100_000
+    editor = {"background": None, "layers": [handle_file(str(bomb))], "composite": None, "id": None}
+    with pytest.raises(AppError, match="10000x10000 px; at most 40 megapixels"):
+        client.predict(editor, "sam-small", api_name="/paint_prompt")
+    layer = np.zeros((512, 512, 4), np.uint8)
+    layer[160:280, 200:340] = (0, 229, 229, 255)
+    path = tmp_path / "layer.png"
+    cv2.imwrite(str(path), cv2.cvtColor(layer, cv2.COLOR_RGBA2BGRA))
+    editor["layers"] = [handle_file(str(path))]
+    _, status = client.predict(editor, "sam-small", api_name="/paint_prompt")  # the server goes on
+    assert "Painted mask prompt set" in status
+
+
 def test_transfer_matrix_endpoint(client):
     client.predict("sam-small", 1, api_name="/load_example")
     client.predict(L.MODE_POSITIVE, "sam-small", 60, 60, api_name="/click")

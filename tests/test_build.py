@@ -51,6 +51,25 @@ def test_offline_and_not_cached_gives_one_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_checkpoint_that_is_not_the_published_file_is_refused(tmp_path, monkeypatch):
+    import hashlib
+
+    from samdemo import build
+    from samdemo.build import HubFile, ModelSpec, locate_weights
+
+    monkeypatch.setattr(build, "CHECKPOINT_DIR", tmp_path)
+    torch.save({"w": torch.ones(3)}, tmp_path / "sam_vit_b_01ec64.pth")  # right name, not Meta's bytes
+    with pytest.raises(ModelUnavailableError, match=r"not the published checkpoint.*expected 01ec64d29a2fca3f"):
+        locate_weights(get_spec("sam-vit-b"))
+    digest = hashlib.md5((tmp_path / "sam_vit_b_01ec64.pth").read_bytes()).hexdigest()
+    spec = ModelSpec("copy", "sam", get_spec("sam-vit-b").config, "sam_vit_b_01ec64.pth",
+                     HubFile("owner/repo", "sam_vit_b_01ec64.pth", md5=digest), 1, "")
+    assert locate_weights(spec) == tmp_path / "sam_vit_b_01ec64.pth"
+    (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"truncated")  # a changed file is checked again
+    with pytest.raises(ModelUnavailableError, match="Delete it to download it again"):
+        locate_weights(spec)
+
+
 class WritesAFile:
     def __reduce__(self):
         return (open, ("/tmp/samdemo_pickle_payload_ran", "w"))
