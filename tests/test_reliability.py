@@ -329,6 +329,8 @@ def test_limits_from_the_environment(monkeypatch):
         with pytest.raises(ValueError, match="SAMDEMO_TEST_LIMIT"):
             limits._env("SAMDEMO_TEST_LIMIT", 1.0)
     assert app.LAUNCH_LIMITS["max_file_size"] == limits.max_upload_bytes()
+    monkeypatch.setattr(limits, "EMBEDDING_CACHE_MB", 3.5)  # what SAMDEMO_EMBEDDING_CACHE_MB sets at import
+    assert L.ModelManager(factory=lambda name: None).cache.max_bytes == int(3.5 * 2**20)
 
 
 # ============================================================================ adapters and checkpoints
