@@ -171,6 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    limits.limit_malloc_arenas()  # before the server's threads start: memory stays flat under load
     lab = L.Lab()
     lab.preload(args.model)
     build_demo(lab, args.model).launch(server_name=args.host, server_port=args.port, share=args.share,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import re
 import shutil
 import socket
@@ -329,6 +330,11 @@ def test_limits_from_the_environment(monkeypatch):
         with pytest.raises(ValueError, match="SAMDEMO_TEST_LIMIT"):
             limits._env("SAMDEMO_TEST_LIMIT", 1.0)
     assert app.LAUNCH_LIMITS["max_file_size"] == limits.max_upload_bytes()
+    if platform.libc_ver()[0] == "glibc":  # the app caps malloc arenas (benchmarks/soak.py says why)
+        monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+        assert limits.limit_malloc_arenas() is True
+        monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+        assert limits.limit_malloc_arenas() is False  # the environment's choice stands
     monkeypatch.setattr(limits, "EMBEDDING_CACHE_MB", 3.5)  # what SAMDEMO_EMBEDDING_CACHE_MB sets at import
     assert L.ModelManager(factory=lambda name: None).cache.max_bytes == int(3.5 * 2**20)
 
