@@ -83,15 +83,16 @@ def attack_table(records: list[dict]) -> list[str]:
     return lines
 
 
-def defense_table(records: list[dict], model: str) -> list[str]:
-    """Per defense: size, training time, clean mIoU, mIoU under cross-prompt and under the worst attack."""
+def defense_table(records: list[dict], model: str, adapters_dir: Path = ROOT / "checkpoints") -> list[str]:
+    """Per defense: size, training time, clean mIoU, mIoU under cross-prompt and under the worst attack.
+    ``adapters_dir/<defense>/adapter_config.json`` gives a defense's size and training time."""
     lines = ["| defense | trainable | train min | clean point / box / mask | cross-prompt transfer point / box "
              "| cross-prompt adaptive point / box | worst transfer point / box | worst adaptive point / box |",
              "| --- | ---: | ---: | --- | --- | --- | --- | --- |"]
     for defense in dict.fromkeys(r["defense"] for r in records):
         rows = pick(records, defense=defense)
         clean = " / ".join(fmt(pick(rows, evaluated_with=t)[0]["clean_miou_gt"]) for t in TYPES)
-        config = ROOT / "checkpoints" / defense / "adapter_config.json"
+        config = adapters_dir / defense / "adapter_config.json"
         if config.exists():
             data = json.loads(config.read_text())
             size, minutes = f"{data['num_trainable']:,}", f"{data['training']['train_seconds'] / 60:.0f}"
