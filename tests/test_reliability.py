@@ -397,11 +397,15 @@ def test_payload_checkpoint_is_refused_by_the_app(lab, tmp_path, monkeypatch):
 
     marker = tmp_path / "payload-ran"
     monkeypatch.setattr(build, "CHECKPOINT_DIR", tmp_path)
-    write_payload_pth(tmp_path / build.MODEL_REGISTRY["sam-vit-b"].local_file, marker)
-    manager = L.ModelManager(L.default_engine_factory(EmbeddingCache()))
-    info, _, _ = L.Lab(manager).on_model("sam-vit-b", "none", "", "")
-    assert "not a plain tensor checkpoint" in info and "weights_only=True" in info
-    assert not marker.exists()
+    # SAM 2 files have no published digest: torch.load(weights_only=True) is the guard
+    # SAM v1 files must match Meta's MD5 first: the payload is refused before it is even unpickled
+    for model, refusal in [("sam2.1-hiera-tiny", "not a plain tensor checkpoint (refused by torch.load(weights_only=True)"),
+                           ("sam-vit-b", "is not the published checkpoint")]:
+        write_payload_pth(tmp_path / build.MODEL_REGISTRY[model].local_file, marker)
+        manager = L.ModelManager(L.default_engine_factory(EmbeddingCache()))
+        info, _, _ = L.Lab(manager).on_model(model, "none", "", "")
+        assert refusal in info, info
+        assert not marker.exists()
     assert_lab_serves(lab)
 
 
