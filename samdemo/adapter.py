@@ -10,7 +10,10 @@ trainable W' that equals W at initialisation; everything else stays frozen. One 
   frozen buffers **recomputed from the base weights** whenever an adapter is applied or loaded,
   never stored. ``W' = U diag(s_base + delta) V^T`` with ``delta`` (zero-initialised) the only
   trainable tensor, so W' = W up to the float32 rounding of the reconstruction (~1e-7 relative).
-  Files store the adapted values ``s`` themselves (and ``s_base`` for reference/plots).
+  By default every singular value is trained; with a rank k (``apply_adapter(..., rank=k)``,
+  ``train-adapter --svd-rank k``) only the k largest of each layer are, the rest keep their
+  base values: a fixed budget spread over many layers. Files store the k adapted values ``s``
+  themselves (and their ``s_base``, for the load-time check and the plots).
 * ``"lora"`` (:class:`LoRALayer`, baseline): ``W' = W + B A`` on the matrix view, A
   ``rank x (in k k)`` (PEFT's init, seeded), B ``out x rank`` zero-initialised (PEFT's
   ``alpha / rank`` scale is 1: with Adam and the learning-rate rule below a scale changes nothing).
@@ -164,8 +167,9 @@ class AdapterConfig:
 
     ``method``: "svd", "lora" or "full" (``LAYER_TYPES``). ``target_modules``: glob patterns
     (empty: the family's defaults). ``layers`` (filled when applied): resolved module name ->
-    {"type", "weight_shape", "matrix_shape", "rank"}, rank being the rank of the update (svd,
-    full: min(out, in k k); lora: its rank). ``num_trainable``: trainable values in all.
+    {"type", "weight_shape", "matrix_shape", "rank"}, rank being the rank of the update (svd:
+    the number of largest singular values trained, min(out, in k k) by default; full: min(out,
+    in k k); lora: its rank). ``num_trainable``: trainable values in all.
     """
 
     base_model: str = "custom"
@@ -371,7 +375,8 @@ class SVDLayer(AdapterLayer):
     card_title = "SVD robustness adapter"
     card_intro = "A singular-value adapter (Robust SAM, arXiv 2504.08906)"
     card_how = ("Each targeted weight is decomposed as W = U diag(s) V^T; U and V are frozen (recomputed from the\n"
-                "base weights at load time, never stored) and only the **{n} singular values** s\n"
+                "base weights at load time, never stored) and only **{n} singular values** s (per layer\n"
+                "its `rank` largest, table below)\n"
                 "were trained, adversarially, to keep masks right under attack.")
     card_files = (f"per layer `<module>.{_S_KEY}` (adapted s) and `<module>.{_S_BASE_KEY}` (the base\n"
                   "  model's s, for reference), float32.")
@@ -385,7 +390,15 @@ class SVDLayer(AdapterLayer):
         self.register_buffer("U", u.to(weight.device, self.compute_dtype), persistent=False)
         self.register_buffer("Vh", vh.to(weight.device, self.compute_dtype), persistent=False)
         self.register_buffer("s_base", s.to(weight.device, self.compute_dtype), persistent=False)
-        self.delta = nn.Parameter(torch.zeros_like(self.s_base))
+        trained = s.numel() if rank is None else min(rank, s.numel())  # a narrow layer trains all it has
+        if trained < 1:
+            raise AdapterError(f"{name}: an SVD adapter trains at least one singular value (rank {rank!r}).")
+        self.delta = nn.Parameter(torch.zeros(trained, device=weight.device, dtype=self.compute_dtype))
+
+    @staticmethod
+    def ranks(rows: int, cols: int) -> range:
+        """Trained singular values of an ``rows x cols`` matrix: its k largest, 1 <= k <= min(rows, cols)."""
+        return range(1, min(rows, cols) + 1)
 
     @classmethod
     def file_shapes(cls, info: dict) -> dict[str, tuple[int, ...]]:
@@ -397,11 +410,14 @@ class SVDLayer(AdapterLayer):
 
     @property
     def rank(self) -> int:
-        return self.s_base.numel()
+        """k: the number of (largest) singular values trained; min(out, in k k) unless limited."""
+        return self.delta.numel()
 
     @property
     def singular_values(self) -> torch.Tensor:
-        return self.s_base + self.delta
+        """The whole adapted spectrum (r,): s_base + delta on the k largest, s_base on the rest."""
+        k = self.rank
+        return torch.cat([self.s_base[:k] + self.delta, self.s_base[k:]])
 
     def _effective(self) -> torch.Tensor:
         return (self.U * self.singular_values) @ self.Vh
@@ -414,17 +430,18 @@ class SVDLayer(AdapterLayer):
         return {"delta": float(self.s_base.mean())}
 
     def state(self) -> dict[str, torch.Tensor]:
-        base, adapted = self.spectrum()
-        return {_S_KEY: adapted.contiguous(), _S_BASE_KEY: base.contiguous()}
+        k, (base, adapted) = self.rank, self.spectrum()
+        return {_S_KEY: adapted[:k].contiguous(), _S_BASE_KEY: base[:k].contiguous()}
 
     @torch.no_grad()
     def load_state(self, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-        stored, recomputed = tensors[_S_BASE_KEY].float(), self.s_base.detach().float().cpu()
+        k = self.rank
+        stored, recomputed = tensors[_S_BASE_KEY].float(), self.s_base[:k].detach().float().cpu()
         error = float((stored - recomputed).abs().max() / recomputed.abs().max().clamp(min=1e-12))
         if error > BASE_S_RTOL:
             raise AdapterError(f"{source}: the base singular values stored for {self.name} differ from this "
                                f"model's by {error:.2e} (relative); the adapter belongs to other weights.")
-        self.delta.copy_(tensors[_S_KEY].to(self.s_base) - self.s_base)
+        self.delta.copy_(tensors[_S_KEY].to(self.s_base) - self.s_base[:k])
 
 
 class LoRALayer(AdapterLayer):
@@ -441,8 +458,10 @@ class LoRALayer(AdapterLayer):
     card_files = "per layer `<module>.lora_A` (rank x in k k) and `<module>.lora_B` (out x rank), float32."
     card_tags = ("lora", "defense-baseline")
 
-    def __init__(self, name: str, module: nn.Module, rank: int = 1, generator: torch.Generator | None = None):
+    def __init__(self, name: str, module: nn.Module, rank: int | None = None,
+                 generator: torch.Generator | None = None):
         super().__init__(name, module)
+        rank = 1 if rank is None else rank
         rows, cols = self.matrix_shape
         if rank not in self.ranks(rows, cols):
             raise AdapterError(f"{name}: LoRA rank {rank!r} does not fit its {rows}x{cols} matrix "
@@ -513,18 +532,19 @@ METHODS = tuple(LAYER_TYPES)
 class Adapter(nn.Module):
     """An adapter (``config.method``: svd, lora, full) applied to one model. Create with :func:`apply_adapter`.
 
-    ``lora_rank`` and ``seed`` (LoRA's A) only matter for a fresh LoRA adapter: a saved one has
-    its ranks in ``config.layers`` and its A in the file.
+    ``rank`` only matters for a fresh adapter (a saved one has its ranks in ``config.layers``):
+    LoRA's rank (None: 1), or the number of largest singular values an SVD adapter trains per
+    layer (None: all of them; a layer with fewer trains all it has). ``seed``: a fresh LoRA's A.
     """
 
-    def __init__(self, model: nn.Module, config: AdapterConfig, names: Sequence[str], lora_rank: int = 1,
+    def __init__(self, model: nn.Module, config: AdapterConfig, names: Sequence[str], rank: int | None = None,
                  seed: int = 0):
         super().__init__()
         modules = dict(model.named_modules())
         self.names = list(names)
         layer_type, generator = LAYER_TYPES[config.method], torch.Generator().manual_seed(seed)
         self.layers = nn.ModuleList(
-            layer_type(name, modules[name], config.layers.get(name, {}).get("rank", lora_rank), generator)
+            layer_type(name, modules[name], config.layers.get(name, {}).get("rank", rank), generator)
             for name in self.names)
         self.config = config
         object.__setattr__(self, "model", model)
@@ -576,7 +596,7 @@ class Adapter(nn.Module):
     # ------------------------------------------------------------------ values
     @torch.no_grad()
     def set_singular_values(self, values: Mapping[str, torch.Tensor]) -> None:
-        """Set the adapted s of every layer (delta = s - s_base); svd adapters only."""
+        """Set the adapted spectrum (r,) of every layer (delta = s - s_base on its k trained values); svd only."""
         if self.method != "svd":
             raise AdapterError(f"set_singular_values needs an SVD adapter; this is {self.noun}.")
         if self.merged:
@@ -585,10 +605,14 @@ class Adapter(nn.Module):
         if missing:
             raise AdapterError(f"No singular values given for {missing}.")
         for layer in self.layers:
-            s = torch.as_tensor(values[layer.name])
+            s = torch.as_tensor(values[layer.name]).to(layer.s_base)
+            k, total = layer.rank, layer.s_base.numel()
             if s.shape != layer.s_base.shape:
-                raise AdapterError(f"{layer.name}: {tuple(s.shape)} singular values given, the layer has {layer.rank}.")
-            layer.delta.copy_(s.to(layer.s_base) - layer.s_base)
+                raise AdapterError(f"{layer.name}: {tuple(s.shape)} singular values given, the layer has {total}.")
+            if not torch.equal(s[k:], layer.s_base[k:]):
+                raise AdapterError(f"{layer.name}: only its {k} largest singular values are trainable; the other "
+                                   f"{total - k} must keep their base values.")
+            layer.delta.copy_(s[:k] - layer.s_base[:k])
         self._refresh_engine_tag()
 
     @torch.no_grad()
@@ -706,7 +730,7 @@ def get_adapter(target) -> Adapter | None:
 
 
 def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | None = None,
-                  model_name: str | None = None, freeze_base: bool = True, lora_rank: int = 1,
+                  model_name: str | None = None, freeze_base: bool = True, rank: int | None = None,
                   seed: int = 0) -> Adapter:
     """Wrap the target layers of a model (or a ``SegmentEngine``'s model) in an identity adapter.
 
@@ -714,8 +738,8 @@ def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | 
     globs; empty = family default) and, when it carries a ``fingerprint`` (a loaded adapter),
     the base weights it must be applied to. ``freeze_base``: set ``requires_grad=False`` on
     every base parameter (restored by remove), so the adapter's parameters are the only
-    trainable tensors. ``lora_rank``, ``seed``: a fresh LoRA adapter's rank and the seed of its
-    A. With an engine, sets its ``adapter_tag``. Returns the adapter; W' = W for now.
+    trainable tensors. ``rank``, ``seed``: see :class:`Adapter` (LoRA's rank or the SVD
+    adapter's trained singular values per layer; LoRA's A). With an engine, sets its ``adapter_tag``. Returns the adapter; W' = W for now.
     """
     model, engine_family, engine_name, engine = _unwrap(target)
     fresh = config is None or not config.fingerprint  # a saved adapter names its own family
@@ -752,7 +776,7 @@ def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | 
     else:
         config.base_model = model_name
     config.family, config.fingerprint = family, fingerprint
-    adapter = Adapter(model, config, names, lora_rank=lora_rank, seed=seed)
+    adapter = Adapter(model, config, names, rank=rank, seed=seed)
     config.layers = {layer.name: layer.describe() for layer in adapter.layers}
     config.num_trainable = adapter.num_trainable
     if config.base_model_hub_id is None:

@@ -2,7 +2,8 @@
 
 Only the adapter's parameters move (``samdemo.adapter``): with ``--method svd`` (default, the
 Robust SAM defense) the singular values of the target layers (512 on Meta's models, 256 on the
-embedded small ones, by default); the baselines ``--method lora`` (rank ``--lora-rank``) and
+embedded small ones, by default; ``--svd-rank k`` trains only the k largest of each targeted
+layer, to spread a fixed budget over many layers); the baselines ``--method lora`` (rank ``--lora-rank``) and
 ``--method full`` (the whole weights) parametrise the *same* layers and go through the same loop.
 Every step, on a batch of images with target masks:
 
@@ -39,6 +40,7 @@ singular_values.png.
     python -m samdemo train-adapter --model sam-small            # -> checkpoints/sam-small-adapter
     python -m samdemo train-adapter --model sam-small --method lora --lora-rank 1   # -> ...-adapter-lora-r1
     python -m samdemo train-adapter --model sam2-small --data ~/photos --out /tmp/sam2-photos-adapter
+    python -m samdemo train-adapter --model sam2-small --targets 'image_encoder.*' --svd-rank 14  # 504 values
 
 Defaults are the recipe of the shipped adapters, sized for sam-small / sam2-small on the 2-core
 CPU box: 300 steps of 4 scenes at lr 0.05 (measured 3.0-3.9 s per step on one core while two
@@ -80,6 +82,7 @@ class AdapterTrainConfig:
     targets: str = ""  # comma-separated module globs; "" = the family's default
     method: str = "svd"  # svd (the defense), lora or full (baselines on the same layers)
     lora_rank: int = 1
+    svd_rank: int = 0  # svd: train only the k largest singular values of each layer (0: all)
     steps: int = 300
     batch: int = 4
     instances: int = 3  # target instances per image per step (a point, a box and a mask prompt each)
@@ -112,7 +115,17 @@ class AdapterTrainConfig:
 
     def variant(self) -> str:
         """Suffix of the default out and run folders: "" for svd, so the baselines never overwrite it."""
-        return {"svd": "", "lora": f"-lora-r{self.lora_rank}"}.get(self.method, f"-{self.method}")
+        if self.method == "svd":
+            return f"-top{self.svd_rank}" if self.svd_rank else ""
+        return f"-lora-r{self.lora_rank}" if self.method == "lora" else f"-{self.method}"
+
+    def update_rank(self) -> int | None:
+        """The adapter's ``rank`` for this method (None: the method's default)."""
+        if self.method == "lora":
+            return self.lora_rank
+        if self.method == "svd" and self.svd_rank:
+            return self.svd_rank
+        return None
 
 
 # ---------------------------------------------------------------------- data
@@ -299,7 +312,7 @@ def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None =
     eval_set = data.heldout(cfg.eval_scenes)
 
     adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
-                            lora_rank=cfg.lora_rank, seed=cfg.seed)
+                            rank=cfg.update_rank(), seed=cfg.seed)
     try:
         return _train(cfg, run_dir, out_dir, resume, registry, engine, adapter, data, eval_set)
     finally:
@@ -414,6 +427,7 @@ HELP = {
     "targets": "comma-separated module globs to adapt (default: the family's neck layers)",
     "method": "svd (singular values, the defense), lora or full (baselines on the same layers)",
     "lora_rank": "rank of the LoRA update (--method lora)",
+    "svd_rank": "train only the k largest singular values of each layer (--method svd; 0: all)",
     "steps": "optimiser steps", "batch": "images per step",
     "instances": "target masks per image per step (a point, a box and a mask prompt each)",
     "lr": "relative learning rate: a step changes each weight by about lr x its Frobenius norm",

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from samdemo.adapter import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterError, apply_adapter,
+from samdemo.adapter import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AdapterError, apply_adapter,
                              count_trainable, default_target_modules, get_adapter, load_adapter,
                              read_adapter_folder, remove_adapter, resolve_targets, save_adapter)
 from samdemo.build import CONFIG_DIR, build_architecture
@@ -179,6 +179,36 @@ def test_engine_tag_follows_singular_values():
     assert engine.adapter_tag == ""
 
 
+def test_rank_trains_only_the_largest_singular_values(tmp_path):
+    engine = tiny_engine("sam2")
+    x = images(1)
+    full = apply_adapter(engine, AdapterConfig(target_modules=["image_encoder.*"]))
+    full_count, widths = full.num_trainable, [layer.s_base.numel() for layer in full.layers]
+    full.remove()
+    adapter = apply_adapter(engine, AdapterConfig(target_modules=["image_encoder.*"]), rank=5)
+    assert [layer.rank for layer in adapter.layers] == [min(5, w) for w in widths]
+    assert adapter.num_trainable == adapter.config.num_trainable == sum(min(5, w) for w in widths) < full_count
+    perturb(adapter)
+    for layer in adapter.layers:  # W' - W = U[:, :k] diag(delta) V^T[:k]: rank k, and the tail of s untouched
+        base, adapted = layer.spectrum()
+        assert torch.equal(adapted[layer.rank:], base[layer.rank:]) and not torch.equal(adapted, base)
+        update = (layer.effective_weight() - layer.module.weight).reshape(layer.matrix_shape[0], -1).double()
+        assert int(torch.linalg.matrix_rank(update, rtol=1e-4)) == layer.rank
+    adapted = outputs(engine, x)
+    save_adapter(adapter, tmp_path / "top5", plot=False)
+    values = adapter.singular_values()
+    name = adapter.names[-1]
+    changed_tail = {k: s.clone() for k, (_, s) in values.items()}
+    changed_tail[name][-1] += 1.0
+    with pytest.raises(AdapterError, match="only its 5 largest singular values are trainable"):
+        adapter.set_singular_values(changed_tail)
+    adapter.remove()
+    files = read_adapter_folder(tmp_path / "top5")
+    assert all(s.shape == (min(5, w),) for s, w in zip(files.singular_values.values(), widths))
+    loaded = load_adapter(engine, tmp_path / "top5", merge=True)
+    assert max_diff(outputs(engine, x), adapted) < 1e-5 and loaded.num_trainable == adapter.num_trainable
+
+
 # ---------------------------------------------------------------------- files
 @pytest.fixture
 def saved(tmp_path):
@@ -261,8 +291,11 @@ MALFORMED = {
     "wrong count": (lambda f: _edit_config(f, lambda d: d.update(num_trainable=512)),
                     "num_trainable is 512 but the layers hold 64"),
     "bad fingerprint": (lambda f: _edit_config(f, lambda d: d.update(fingerprint="md5:abc")), "not 'sha256:'"),
-    "wrong rank": (lambda f: _edit_config(f, lambda d: d["layers"]["image_encoder.neck.0"].update(rank=16)),
-                   "has rank 16 but its 32x32 matrix has 32"),
+    "wrong rank": (lambda f: _edit_config(f, lambda d: d["layers"]["image_encoder.neck.0"].update(rank=33)),
+                   "has rank 33 but its 32x32 matrix allows svd rank 1 to 32"),
+    "rank not the file's": (lambda f: _edit_config(f, lambda d: (d["layers"]["image_encoder.neck.0"].update(rank=16),
+                                                                 d.update(num_trainable=48))),
+                            "has shape \\(32,\\), but layer image_encoder.neck.0 \\(32x32\\) has 16 singular values"),
     "bad family": (lambda f: _edit_config(f, lambda d: d.update(family="sam3")), "unknown family 'sam3'"),
     "other parametrization": (lambda f: _edit_config(f, lambda d: d.update(parametrization="log")),
                               "parametrization 'log' is not supported"),

@@ -29,8 +29,9 @@ def perturb(adapter, scale: float = 0.3, seed: int = 1) -> None:
     adapter.refresh_tag()
 
 
-def expected_count(method: str, rows: int, cols: int, rank: int = 1) -> int:
-    return {"svd": min(rows, cols), "lora": rank * (rows + cols), "full": rows * cols}[method]
+def expected_count(method: str, rows: int, cols: int, rank: int | None = None) -> int:
+    """Trainable values of one layer; ``rank``: LoRA's (default 1) or the SVD's trained values (default all)."""
+    return {"svd": min(rows, cols, rank or rows), "lora": (rank or 1) * (rows + cols), "full": rows * cols}[method]
 
 
 # ---------------------------------------------------------------------- counts
@@ -58,8 +59,8 @@ def test_counts_on_meta_necks(kind, channels, family):
     model = _neck(channels, kind)
     modules = dict(model.named_modules())
     shapes = [(modules[n].weight.shape[0], modules[n].weight[0].numel()) for n in default_target_modules(family)]
-    for method, rank in (("svd", 1), ("lora", 1), ("lora", 4), ("full", 1)):
-        adapter = apply_adapter(model, AdapterConfig(method=method), family=family, lora_rank=rank)
+    for method, rank in (("svd", None), ("svd", 100), ("lora", 1), ("lora", 4), ("full", None)):
+        adapter = apply_adapter(model, AdapterConfig(method=method), family=family, rank=rank)
         assert adapter.num_trainable == sum(expected_count(method, r, c, rank) for r, c in shapes)
         adapter.remove()
     if kind == "sam":
@@ -70,7 +71,7 @@ def test_counts_on_meta_necks(kind, channels, family):
 def test_lora_rank_is_checked():
     engine = tiny_engine("sam")
     with pytest.raises(AdapterError, match="LoRA rank 33 does not fit its 32x32 matrix"):
-        apply_adapter(engine, AdapterConfig(method="lora"), lora_rank=33)
+        apply_adapter(engine, AdapterConfig(method="lora"), rank=33)
     assert get_adapter(engine) is None
     with pytest.raises(AdapterError, match="Unknown adapter method 'dora'"):
         apply_adapter(engine, AdapterConfig(method="dora"))
@@ -83,7 +84,7 @@ def test_identity_at_init_and_only_the_update_trainable(method, family):
     engine = tiny_engine(family)
     x = images()
     base = outputs(engine, x)
-    adapter = apply_adapter(engine, AdapterConfig(method=method), lora_rank=2)
+    adapter = apply_adapter(engine, AdapterConfig(method=method), rank=2)
     assert adapter.is_identity() and engine.adapter_tag.startswith(f"{method}:")
     assert max_diff(outputs(engine, x), base) == 0.0  # W + 0: bit-exact, unlike the SVD reconstruction
     names = {n for n, _ in adapter.named_parameters()}
@@ -149,7 +150,7 @@ def saved(request, tmp_path):
     """(method, engine, adapter folder, reference outputs of the adapted model, input)."""
     engine = tiny_engine("sam")
     x = images(2)
-    adapter = apply_adapter(engine, AdapterConfig(method=request.param), lora_rank=2)
+    adapter = apply_adapter(engine, AdapterConfig(method=request.param), rank=2)
     perturb(adapter)
     reference = outputs(engine, x)
     save_adapter(adapter, tmp_path / "adapter", training={"steps": 3})
@@ -203,7 +204,7 @@ def test_refusals(saved):
     neck0 = "image_encoder.neck.0"
     cases = [(lambda d: d["layers"][neck0].update(rank=0), "has rank 0 but its 32x32 matrix " + (
                  "allows lora rank 1 to 32" if method == "lora" else "has 32 singular values")),
-             (lambda d: d.update(method="svd"), "has rank 2 but|num_trainable is 10240 but the layers hold 64"),
+             (lambda d: d.update(method="svd"), r"num_trainable is \d+ but the layers hold \d+"),
              (lambda d: d.update(method="dora"), "unknown method 'dora'")]
     if method == "lora":  # a valid rank that the file does not hold
         cases.append((lambda d: d["layers"][neck0].update(rank=3), "num_trainable is 768 but the layers hold 832"))
@@ -271,5 +272,5 @@ def test_cli_method_and_default_folders():
     assert args.method == "lora" and args.lora_rank == 4
     with pytest.raises(SystemExit):
         parser.parse_args(["--method", "dora"])
-    assert [AdapterTrainConfig(method=m, lora_rank=4).variant() for m in ("svd", "lora", "full")] == [
-        "", "-lora-r4", "-full"]
+    assert [AdapterTrainConfig(method=m, lora_rank=4, svd_rank=s).variant() for m, s in (("svd", 0), ("svd", 14), ("lora", 0), ("full", 14))] == [
+        "", "-top14", "-lora-r4", "-full"]
