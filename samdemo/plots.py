@@ -8,35 +8,56 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def _singular_value_pairs(source) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
-    """(name -> (s of W, s of W'), the adapter's method) from an Adapter, an AdapterFiles, a folder or a
-    mapping (read as svd)."""
+MAX_LAYER_PANELS = 6  # more adapted layers than this: one strip of changes instead of a panel per layer
+
+
+def _singular_value_pairs(source) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str, int]:
+    """(name -> (s of W, s of W'), the adapter's method, its trainable count) from an Adapter, an
+    AdapterFiles, a folder or a mapping (read as svd, every value trained)."""
     from pathlib import Path
 
     from samdemo.adapter import Adapter, AdapterFiles, read_adapter_folder
 
     if isinstance(source, (str, Path)):
         source = read_adapter_folder(source)
-    method = "svd"  # a mapping holds (s_base, s) pairs
+    method, count = "svd", None  # a mapping holds (s_base, s) pairs
     if isinstance(source, Adapter):
-        method, source = source.method, source.singular_values()
+        method, count, source = source.method, source.num_trainable, source.singular_values()
     elif isinstance(source, AdapterFiles):
-        method, source = source.config.method, source.values()
+        method, count, source = source.config.method, source.config.num_trainable, source.values()
     if not isinstance(source, Mapping) or not source:
         raise ValueError("singular_value_plot needs an adapter, an adapter folder or {layer: (base, adapted)}.")
-    return {name: (np.asarray(base, dtype=np.float64).reshape(-1), np.asarray(adapted, dtype=np.float64).reshape(-1))
-            for name, (base, adapted) in source.items()}, method
+    pairs = {name: (np.asarray(base, dtype=np.float64).reshape(-1), np.asarray(adapted, dtype=np.float64).reshape(-1))
+             for name, (base, adapted) in source.items()}
+    return pairs, method, count if count is not None else sum(len(base) for base, _ in pairs.values())
 
 
 def singular_value_plot(adapter, title: str | None = None) -> Figure:
-    """Original vs adapted singular values per layer (log scale), one panel per layer.
+    """Original vs adapted singular values per layer.
 
     ``adapter``: an ``Adapter`` (any method), ``AdapterFiles`` (svd), adapter folder (svd), or
-    {layer: (base, adapted)}. The lower strip of each panel shows the ratio adapted / original.
+    {layer: (base, adapted)}. Up to ``MAX_LAYER_PANELS`` layers: one panel per layer (values on a
+    log scale, and below them the ratio adapted / original). More layers (an adapter spread over
+    the whole encoder): a single strip of every value's change, layer after layer.
     """
     from samdemo.adapter import LAYER_TYPES
 
-    pairs, method = _singular_value_pairs(adapter)
+    pairs, method, count = _singular_value_pairs(adapter)
+    n = len(pairs)
+    figure = _ratio_strip(pairs) if n > MAX_LAYER_PANELS else _layer_panels(pairs)
+    if title is None and method == "svd":
+        title = f"SVD adapter: {count} singular values trained in {n} layer{'s' * (n > 1)}"
+    elif title is None:  # the baselines train W itself, not its singular values: these are W's and W''s spectra
+        title = f"{LAYER_TYPES[method].card_title}: singular values of W, W'"
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _ratio(base: np.ndarray, adapted: np.ndarray) -> np.ndarray:
+    return adapted / np.where(base > 0, base, np.nan)
+
+
+def _layer_panels(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     n = len(pairs)
     figure = Figure(figsize=(4.2 * n, 4.0), layout="constrained")
     grid = figure.add_gridspec(2, n, height_ratios=[3, 1])
@@ -52,18 +73,32 @@ def singular_value_plot(adapter, title: str | None = None) -> Figure:
         ax.grid(alpha=0.3, which="both", lw=0.4)
         ax.legend(fontsize=8)
         ratio_ax = figure.add_subplot(grid[1, i], sharex=ax)
-        ratio = adapted / np.where(base > 0, base, np.nan)
+        ratio = _ratio(base, adapted)
         ratio_ax.plot(index, ratio, color="tab:red", lw=1.0)
         ratio_ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
         ratio_ax.set_ylabel("adapted / orig.", fontsize=8)
         ratio_ax.set_xlabel("index (descending s)")
-        rel = np.nanmean(np.abs(ratio - 1))
-        ratio_ax.set_title(f"mean |change| {100 * rel:.1f} %", fontsize=8)
+        ratio_ax.set_title(f"mean |change| {100 * np.nanmean(np.abs(ratio - 1)):.1f} %", fontsize=8)
         ratio_ax.grid(alpha=0.3, lw=0.4)
-    if title is None and method == "svd":
-        total = sum(len(base) for base, _ in pairs.values())
-        title = f"SVD adapter: {total} singular values in {n} layer{'s' * (n > 1)}"
-    elif title is None:  # the baselines train W itself, not its singular values: these are W's and W''s spectra
-        title = f"{LAYER_TYPES[method].card_title}: singular values of W, W'"
-    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _ratio_strip(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """Every value's change relative to its layer's mean singular value (a ratio to the value itself
+    explodes on near-zero values), in descending s within a layer, layers side by side."""
+    figure = Figure(figsize=(14, 4.6), layout="constrained")
+    ax = figure.add_subplot()
+    start, centres, labels = 0, [], []
+    for i, (name, (base, adapted)) in enumerate(pairs.items()):
+        index = start + np.arange(len(base))
+        change = 100 * (adapted - base) / max(float(base.mean()), 1e-12)
+        ax.plot(index, change, ".", ms=2.5, color=("tab:red", "tab:blue")[i % 2])
+        centres.append(start + (len(base) - 1) / 2)
+        labels.append(name.removeprefix("image_encoder.").removeprefix("trunk."))
+        start += len(base)
+    ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+    ax.set_xticks(centres, labels, rotation=90, fontsize=6)
+    ax.set_xlim(-1, start)
+    ax.set_ylabel("(adapted - original) / layer mean, %")
+    ax.grid(alpha=0.3, axis="y", lw=0.4)
     return figure

@@ -360,6 +360,14 @@ def test_singular_value_plot(saved):
     assert "](singular_values.png)" in (folder / "with_plot" / CARD_FILE).read_text()
     with pytest.raises(ValueError):
         singular_value_plot({})
+    # an adapter over many layers: one strip of every value's change, titled with the trained count
+    remove_adapter(engine)
+    spread = apply_adapter(engine, AdapterConfig(target_modules=["image_encoder.*"]), rank=3)
+    assert len(spread.layers) > 6
+    perturb(spread)
+    strip = singular_value_plot(spread)
+    assert len(strip.axes) == 1 and len(strip.axes[0].get_xticklabels()) == len(spread.layers)
+    assert strip.get_suptitle() == f"SVD adapter: {spread.num_trainable} singular values trained in {len(spread.layers)} layers"
 
 
 # ---------------------------------------------------------------------- training
