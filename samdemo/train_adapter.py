@@ -333,10 +333,12 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, da
         if "deltas" in state:  # written before the baselines: svd, one "delta" per layer
             state |= {"method": "svd", "layers": list(state["deltas"]),
                       "adapter": {f"layers.{i}.delta": d for i, d in enumerate(state["deltas"].values())}}
-        if (state.get("fingerprint"), state["method"], state["layers"]) != (
-                adapter.config.fingerprint, adapter.method, adapter.names):
-            raise RuntimeError(f"{state_path} belongs to another model, method or target layers; use --no-resume or "
-                               "another --run-dir.")
+        shapes = {name: tuple(t.shape) for name, t in state["adapter"].items()}
+        if (state.get("fingerprint"), state["method"], state["layers"], shapes) != (
+                adapter.config.fingerprint, adapter.method, adapter.names,
+                {name: tuple(t.shape) for name, t in adapter.state_dict().items()}):
+            raise RuntimeError(f"{state_path} belongs to another model, method, target layers or rank; use "
+                               "--no-resume or another --run-dir.")
         adapter.load_state_dict(state["adapter"])  # the parameters themselves: bit-exact resume
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

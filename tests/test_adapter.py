@@ -417,6 +417,21 @@ def test_train_adapter_decreases_its_loss_and_writes_an_adapter(tmp_path):
     assert (tmp_path / "out" / "training_log.json").exists()
 
 
+def test_train_adapter_with_a_rank_spreads_the_budget(tmp_path):
+    from samdemo.train_adapter import build_engine, train_adapter
+
+    cfg = _train_cfg(targets="image_encoder.*", svd_rank=3, steps=2, attacks="feature", attack_steps=1)
+    engine = build_engine(cfg)
+    log = train_adapter(cfg, tmp_path / "run", tmp_path / "out", engine=engine)
+    adapter = load_adapter(engine, tmp_path / "out")
+    assert len(adapter.layers) > 6 and {layer.rank for layer in adapter.layers} == {3}
+    assert log["num_trainable"] == adapter.num_trainable == 3 * len(adapter.layers) and not adapter.is_identity()
+    adapter.remove()
+    with pytest.raises(RuntimeError, match="target layers or rank"):  # the run dir holds rank-3 values
+        train_adapter(_train_cfg(targets="image_encoder.*", svd_rank=4, steps=3), tmp_path / "run", None,
+                      engine=engine)
+
+
 def test_train_adapter_resumes_to_the_same_result(tmp_path):
     from samdemo.attacks import ATTACKS
     from samdemo.train_adapter import build_engine, train_adapter
@@ -452,8 +467,8 @@ def test_train_adapter_cli_parses():
 
     parser = argparse.ArgumentParser()
     configure_parser(parser)
-    args = parser.parse_args(["--out", "x", "--eps", "4/255", "--attacks", "mask", "--steps", "5"])
-    assert args.eps == pytest.approx(4 / 255) and args.attacks == "mask" and args.steps == 5
+    args = parser.parse_args(["--out", "x", "--eps", "4/255", "--attacks", "mask", "--steps", "5", "--svd-rank", "14"])
+    assert args.eps == pytest.approx(4 / 255) and args.attacks == "mask" and args.steps == 5 and args.svd_rank == 14
     assert parse_eps("0.03") == pytest.approx(0.03)
     with pytest.raises(ValueError):
         parse_eps("eight")
