@@ -84,14 +84,15 @@ def _layer_panels(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
 
 
 def _ratio_strip(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
-    """Every value's change relative to its layer's mean singular value (a ratio to the value itself
-    explodes on near-zero values), in descending s within a layer, layers side by side."""
+    """Every value's change relative to its layer's largest singular value (a ratio to the value itself
+    explodes on near-zero values; the largest is in every adapter's file), descending s within a
+    layer, layers side by side."""
     figure = Figure(figsize=(14, 4.6), layout="constrained")
     ax = figure.add_subplot()
     start, centres, labels = 0, [], []
     for i, (name, (base, adapted)) in enumerate(pairs.items()):
         index = start + np.arange(len(base))
-        change = 100 * (adapted - base) / max(float(base.mean()), 1e-12)
+        change = 100 * (adapted - base) / max(float(base.max()), 1e-12)
         ax.plot(index, change, ".", ms=2.5, color=("tab:red", "tab:blue")[i % 2])
         centres.append(start + (len(base) - 1) / 2)
         labels.append(name.removeprefix("image_encoder.").removeprefix("trunk."))
@@ -99,6 +100,6 @@ def _ratio_strip(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
     ax.set_xticks(centres, labels, rotation=90, fontsize=6)
     ax.set_xlim(-1, start)
-    ax.set_ylabel("(adapted - original) / layer mean, %")
+    ax.set_ylabel("(adapted - original) / layer's largest, %")
     ax.grid(alpha=0.3, axis="y", lw=0.4)
     return figure

@@ -4,7 +4,9 @@
     python scripts/make_results.py --limit 4       # a quick look (writes elsewhere with --out)
 
 For each embedded model it evaluates the original model and every shipped defense of it
-(``checkpoints/<model>-adapter`` = SVD, ``-adapter-lora-r1``, ``-adapter-full``) on held-out
+(``checkpoints/<model>-adapter`` = the SVD adapter the app uses, ``-adapter-neck`` = an SVD adapter
+on the default neck layers where the shipped one sits elsewhere, and the baselines on the neck
+``-adapter-lora-r1``, ``-adapter-full``) on held-out
 procedural scenes with every attack, one ``evaluate`` process per model in parallel (one
 thread each), into ``docs/results/<model>/`` (results.json, results.csv, report.md, plots,
 per_image.jsonl: the raw outputs). Then it rewrites the generated part of docs/RESULTS.md
@@ -22,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("sam-small", "sam2-small")
-DEFENSE_SUFFIXES = ("adapter", "adapter-lora-r1", "adapter-full")
+DEFENSE_SUFFIXES = ("adapter", "adapter-neck", "adapter-lora-r1", "adapter-full")
 BEGIN, END = "<!-- GENERATED: scripts/make_results.py -->", "<!-- END GENERATED -->"
 TYPES = ("point", "box", "mask")
 DEFAULT_OUT = ROOT / "docs" / "results"
