@@ -95,12 +95,13 @@ def defense_table(records: list[dict], model: str, adapters_dir: Path = ROOT / "
         rows = pick(records, defense=defense)
         clean = " / ".join(fmt(pick(rows, evaluated_with=t)[0]["clean_miou_gt"]) for t in TYPES)
         config = adapters_dir / defense / "adapter_config.json"
-        if config.exists():
-            data = json.loads(config.read_text())
-            size, minutes = f"{data['num_trainable']:,}", f"{data['training']['train_seconds'] / 60:.0f}"
-            modes = ("transfer", "adaptive")
-        else:
+        if defense == "none":
             size, minutes, modes = "0", "-", ("white-box", "white-box")
+        else:  # the size and training time need the adapter's folder; the numbers do not
+            data = json.loads(config.read_text()) if config.exists() else None
+            size = f"{data['num_trainable']:,}" if data else "?"
+            minutes = f"{data['training']['train_seconds'] / 60:.0f}" if data else "?"
+            modes = ("transfer", "adaptive")
         cells = []
         for mode in modes:
             cross = pick(rows, mode=mode, attack="cross-prompt")
