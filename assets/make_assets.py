@@ -17,7 +17,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-SCENES = (0, 1, 2, 3)  # indices into samdemo.scenes.heldout_scenes
+SCENES = (0, 1, 2, 3)  # indices into samdemo.scenes.validation_scenes
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")  # CC0 / public domain (skimage.data docstrings)
 PHOTO_MAX_SIDE = 512
 
@@ -27,9 +27,9 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def main() -> None:
-    from samdemo.scenes import heldout_scenes
+    from samdemo.scenes import validation_scenes
 
-    scenes = heldout_scenes(max(SCENES) + 1)
+    scenes = validation_scenes(max(SCENES) + 1)
     for i in SCENES:
         write_png(HERE / f"scene-{i}.png", scenes[i].image)
     import skimage.data as skd

@@ -42,7 +42,7 @@ from samdemo.adapter import apply_adapter, default_target_modules  # noqa: E402
 from samdemo.build import ModelUnavailableError, get_spec, load_model  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
-from samdemo.scenes import heldout_scenes  # noqa: E402
+from samdemo.scenes import test_scenes  # noqa: E402
 
 
 def load(name: str) -> tuple[torch.nn.Module, str]:
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
     info = {"layers": adapter.names, "num_trainable": adapter.num_trainable}
     adapter.remove()
 
-    scene = heldout_scenes(1, size=engine.image_size)[0]
+    scene = test_scenes(1, size=engine.image_size)[0]
     image = image_to_tensor(scene.image)
     mask = max(scene.masks, key=lambda m: m.sum())
     prompts = list(prompts_from_mask(mask).values())

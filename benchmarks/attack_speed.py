@@ -37,7 +37,7 @@ from samdemo.attacks import CrossPromptAttack  # noqa: E402
 from samdemo.attacks.base import background_bce  # noqa: E402
 from samdemo.build import ModelUnavailableError, load_model  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
-from samdemo.scenes import heldout_scenes  # noqa: E402
+from samdemo.scenes import test_scenes  # noqa: E402
 
 
 def get_engine(name: str, weights: Path | None, random_init: bool) -> tuple[SegmentEngine, str]:
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
 
     engine, weights = get_engine(args.model, args.weights, args.random_init)
     engine.model.requires_grad_(False)  # as in an attack: no parameter gradients
-    scene = heldout_scenes(1, size=engine.image_size)[0]
+    scene = test_scenes(1, size=engine.image_size)[0]
     x = image_to_tensor(scene.image)
     med = lambda ts: statistics.median(ts[1:] if len(ts) > 1 else ts)  # noqa: E731
 

@@ -30,14 +30,14 @@ from samdemo.attacks.transfer import DEFAULT_ATTACKS, EVAL_TYPES, predict_types,
 from samdemo.engine import image_to_tensor  # noqa: E402
 from samdemo.metrics import batch_iou  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
-from samdemo.scenes import heldout_scenes  # noqa: E402
+from samdemo.scenes import validation_scenes  # noqa: E402
 
 
 def evaluate(engine, args) -> dict:
     attack_kwargs = {"cross-prompt": args.cross} if args.cross else {}
     vs_gt, vs_clean, clean, blank, seconds, rows = [], [], [], [], {}, None
     start = time.perf_counter()
-    for number, scene in enumerate(heldout_scenes(args.scenes, size=engine.image_size)):
+    for number, scene in enumerate(validation_scenes(args.scenes, size=engine.image_size)):
         order = np.argsort(-scene.masks.reshape(len(scene.masks), -1).sum(1), kind="stable")[:args.max_instances]
         masks = scene.masks[np.sort(order)]
         result = transfer_matrix(engine, scene.image, masks, attacks=args.attacks, eps=args.eps / 255,

@@ -27,7 +27,7 @@ from samdemo.build import CHECKPOINT_DIR, get_spec  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
 from samdemo.quality import prompt_quality  # noqa: E402
-from samdemo.scenes import heldout_scenes  # noqa: E402
+from samdemo.scenes import test_scenes  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         engine = SegmentEngine.from_name(name, device="cpu")
         engines[name] = engine
         weights = CHECKPOINT_DIR / get_spec(name).local_file
-        scenes = heldout_scenes(args.scenes, size=engine.image_size)
+        scenes = test_scenes(args.scenes, size=engine.image_size)
         start = time.time()
         quality = prompt_quality(engine, scenes)
         results["models"][name] = {
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     if args.figure:
-        overlay_figure(engines, heldout_scenes(3, size=256), args.figure)
+        overlay_figure(engines, test_scenes(3, size=256), args.figure)
     return 0
 
 

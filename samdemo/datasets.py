@@ -2,8 +2,9 @@
 
 A ``--data`` string picks the source:
 
-* ``scenes`` or ``scenes:N``: the held-out procedural scenes (``scenes.heldout_scenes``; N, default
-  100) at the model's input size.
+* ``scenes`` or ``scenes:N``: the test split of the held-out procedural scenes
+  (``scenes.test_scenes``; N, default 100) at the model's input size; ``val-scenes[:N]``: the
+  validation split (``scenes.validation_scenes``), for choosing settings.
 * ``DIR`` (or ``folder:DIR``): ``DIR/images/NAME.png|jpg|jpeg`` with either ``DIR/masks/NAME/*.png``
   (one binary PNG per instance, non-zero = object) or ``DIR/masks/NAME.png`` (one instance-id PNG:
   0 = background, every other value one instance; an RGB PNG counts each non-black colour as one).
@@ -95,10 +96,10 @@ def bound_size(image: np.ndarray, masks: np.ndarray, max_side: int) -> tuple[np.
 def open_dataset(source: str, scene_size: int = 256, max_side: int = DEFAULT_MAX_SIDE) -> Dataset:
     """The dataset a ``--data`` string names (syntax in the module docstring)."""
     kind, _, rest = source.partition(":")
-    if kind == "scenes":
+    if kind in SCENE_SPLITS:
         if rest and not rest.isdigit():
-            raise DatasetError(f"--data {source!r}: write scenes or scenes:N with N a positive integer.")
-        return scene_dataset(int(rest) if rest else DEFAULT_SCENES, scene_size)
+            raise DatasetError(f"--data {source!r}: write {kind} or {kind}:N with N a positive integer.")
+        return scene_dataset(int(rest) if rest else DEFAULT_SCENES, scene_size, SCENE_SPLITS[kind])
     if kind == "coco":
         annotations, _, images = rest.partition(":")
         return coco_dataset(annotations, images or None, max_side)
@@ -117,9 +118,14 @@ def open_dataset(source: str, scene_size: int = 256, max_side: int = DEFAULT_MAX
     return sa1b_dataset(path, max_side)
 
 
-def scene_dataset(n: int, size: int = 256) -> Dataset:
-    """The first ``n`` held-out scenes at ``size`` x ``size``, named ``scene-SEED``."""
-    from samdemo.scenes import HELDOUT_SEED_START, make_scene
+SCENE_SPLITS = {"scenes": "test", "val-scenes": "validation"}  # --data prefix -> split of samdemo.scenes
+
+
+def scene_dataset(n: int, size: int = 256, split: str = "test") -> Dataset:
+    """The first ``n`` scenes of a held-out ``split`` at ``size`` x ``size``, named ``scene-SEED``."""
+    from samdemo.scenes import TEST_SEED_START, VALIDATION_SEED_START, make_scene
+
+    start = {"test": TEST_SEED_START, "validation": VALIDATION_SEED_START}[split]
 
     if n < 1:
         raise DatasetError(f"scenes:{n}: the dataset is empty (ask for at least one scene).")
@@ -128,7 +134,7 @@ def scene_dataset(n: int, size: int = 256) -> Dataset:
         scene = make_scene(int(name.removeprefix("scene-")), size)
         return scene.image, scene.masks
 
-    return Dataset("scenes", [f"scene-{HELDOUT_SEED_START + i}" for i in range(n)], load)
+    return Dataset("scenes", [f"scene-{start + i}" for i in range(n)], load)
 
 
 def folder_dataset(root: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> Dataset:

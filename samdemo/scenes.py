@@ -54,14 +54,22 @@ __all__ = [
     "Scene",
     "make_scene",
     "train_scene",
-    "heldout_scenes",
+    "validation_scenes",
+    "test_scenes",
+    "SPLITS",
     "TRAIN_SEED_START",
     "HELDOUT_SEED_START",
+    "VALIDATION_SEED_START",
+    "TEST_SEED_START",
     "MIN_AREA_FRAC",
 ]
 
 TRAIN_SEED_START = 0
 HELDOUT_SEED_START = 1_000_000_000
+# Held-out seeds split in two. Validation: every choice (checkpoints, adapter variants, attack
+# settings, training logs). Test: reported once, never used to choose anything.
+VALIDATION_SEED_START = HELDOUT_SEED_START
+TEST_SEED_START = HELDOUT_SEED_START + 500_000_000
 MIN_AREA_FRAC = 0.004  # minimum visible area of a kept instance, fraction of H*W
 MIN_SIZE = 32
 MIN_EDGE_JUMP = 10.0  # min mean |colour jump| (0..255 scale, per channel) across an object's rim
@@ -702,11 +710,25 @@ def train_scene(index: int, size: int = 256) -> Scene:
     return make_scene(seed, size)
 
 
-def heldout_scenes(n: int, size: int = 256) -> list[Scene]:
-    """The first ``n`` held-out scenes (seeds ``HELDOUT_SEED_START + 0 .. n-1``)."""
+def _split(start: int, n: int, size: int) -> list[Scene]:
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    return [make_scene(HELDOUT_SEED_START + i, size) for i in range(int(n))]
+    return [make_scene(start + i, size) for i in range(int(n))]
+
+
+def validation_scenes(n: int, size: int = 256) -> list[Scene]:
+    """The first ``n`` validation scenes (seeds ``VALIDATION_SEED_START + 0 .. n-1``): for
+    choosing checkpoints, adapters and attack settings, never for reported numbers."""
+    return _split(VALIDATION_SEED_START, n, size)
+
+
+def test_scenes(n: int, size: int = 256) -> list[Scene]:
+    """The first ``n`` test scenes (seeds ``TEST_SEED_START + 0 .. n-1``): reported once."""
+    return _split(TEST_SEED_START, n, size)
+
+
+test_scenes.__test__ = False  # not a pytest test despite its name
+SPLITS = {"validation": validation_scenes, "test": test_scenes}
 
 
 # ----------------------------------------------------------------------------

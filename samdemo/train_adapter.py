@@ -133,9 +133,9 @@ class SceneData:
     """Procedural scenes with ground-truth masks (``samdemo.scenes``)."""
 
     def __init__(self, size: int):
-        from samdemo.scenes import heldout_scenes, train_scene
+        from samdemo.scenes import train_scene, validation_scenes
 
-        self.size, self._train, self._heldout = size, train_scene, heldout_scenes
+        self.size, self._train, self._heldout = size, train_scene, validation_scenes
         self.description = "procedural scenes (ground-truth masks)"
 
     def train(self, index: int):

@@ -36,7 +36,7 @@ from samdemo.build import CONFIG_DIR, build_architecture, read_state_dict
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.prompts import Prompt
 from samdemo.quality import prompt_quality
-from samdemo.scenes import heldout_scenes, train_scene
+from samdemo.scenes import train_scene, validation_scenes
 
 
 SCENES_PER_SEED = 10_000_000  # seed s trains on scenes [s * 1e7, (s + 1) * 1e7), far below the held-out range
@@ -198,7 +198,7 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
         (run_dir / "log.json").write_text(json.dumps(log, indent=1))
 
     start, seconds_before = time.time(), log["seconds"]
-    eval_set = heldout_scenes(cfg.eval_scenes, size=engine.image_size)
+    eval_set = validation_scenes(cfg.eval_scenes, size=engine.image_size)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train-base {family}")
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])  # per-step streams make resumed runs identical

@@ -375,13 +375,13 @@ def test_attacks_beat_random_control_on_trained_model():
     """On held-out scenes every attack changes the point and box masks far more than random noise of
     the same size (IoU against the clean prediction), and lowers the mIoU against ground truth."""
     from samdemo.engine import SegmentEngine
-    from samdemo.scenes import heldout_scenes
+    from samdemo.scenes import validation_scenes
 
     engine = SegmentEngine.from_name("sam-small", device="cpu")
     engine.model.requires_grad_(False)
     vs_clean: dict[str, list] = {}
     vs_gt: dict[str, list] = {}
-    for scene in heldout_scenes(3):
+    for scene in validation_scenes(3):
         result = transfer_matrix(engine, scene.image, scene.masks[:3], attacks=("cross-prompt", "mask", "feature",
                                                                                "random"), steps=10, craft_types=("box",))
         for row, clean_values, gt_values in zip(result["rows"], result["per_object_vs_clean"],

@@ -10,7 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from samdemo.datasets import DatasetError, bound_size, open_dataset
-from samdemo.scenes import HELDOUT_SEED_START, make_scene
+from samdemo.scenes import TEST_SEED_START, VALIDATION_SEED_START, make_scene
 
 H, W = 16, 20
 
@@ -133,11 +133,12 @@ def test_sa1b_json(tmp_path):
 
 
 def test_scenes_at_the_model_size():
-    dataset = open_dataset("scenes:2", scene_size=64)
-    assert dataset.names == [f"scene-{HELDOUT_SEED_START}", f"scene-{HELDOUT_SEED_START + 1}"]
-    scene = make_scene(HELDOUT_SEED_START + 1, 64)
+    dataset = open_dataset("scenes:2", scene_size=64)  # the test split: what reports use
+    assert dataset.names == [f"scene-{TEST_SEED_START}", f"scene-{TEST_SEED_START + 1}"]
+    scene = make_scene(TEST_SEED_START + 1, 64)
     assert np.array_equal(dataset[1].image, scene.image) and np.array_equal(dataset[1].masks, scene.masks)
     assert len(open_dataset("scenes", scene_size=64)) == 100
+    assert open_dataset("val-scenes:1", scene_size=64).names == [f"scene-{VALIDATION_SEED_START}"]
 
 
 def test_large_images_are_bounded(tmp_path):

@@ -17,7 +17,9 @@ from samdemo.scenes import (
     MIN_AREA_FRAC,
     TRAIN_SEED_START,
     Scene,
-    heldout_scenes,
+    test_scenes,
+    validation_scenes,
+    TEST_SEED_START,
     make_scene,
     train_scene,
 )
@@ -133,11 +135,15 @@ def test_train_heldout_split():
         train_scene(last + 12345)
     with pytest.raises(ValueError):
         train_scene(-1)
-    held = heldout_scenes(3, size=128)
+    held = validation_scenes(3, size=128)
     assert [sc.seed for sc in held] == [HELDOUT_SEED_START + i for i in range(3)]
     assert all(sc.seed >= HELDOUT_SEED_START for sc in held)
     assert np.array_equal(held[1].image, make_scene(HELDOUT_SEED_START + 1, 128).image)
-    assert heldout_scenes(0) == []
+    assert validation_scenes(0) == []
+    test = test_scenes(2, size=128)
+    assert [sc.seed for sc in test] == [TEST_SEED_START, TEST_SEED_START + 1]
+    # the validation split would need 500 million scenes to reach the test split
+    assert TEST_SEED_START - HELDOUT_SEED_START >= 100_000_000
 
 
 def test_mask_boundaries_are_image_edges(batch):
