@@ -64,13 +64,14 @@ class Prediction:
     output, tokens 1-3 the multimask outputs); iou_all: P x 4 predicted IoU.
     choice: P, the token SAM's rule picks: the best predicted IoU among 1-3 for a lone point,
     token 0 otherwise (SAM 2: its stability fallback between 0 and the best of 1-3).
-    logits: P x H x W logits of the chosen mask at the original resolution (> 0 is foreground).
+    logits: P x H x W logits of the chosen mask at the original resolution (> 0 is foreground);
+    None when decoded with ``full_resolution=False``.
     """
 
     low_res_all: torch.Tensor
     iou_all: torch.Tensor
     choice: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
     @property
     def masks(self) -> torch.Tensor:
@@ -216,8 +217,11 @@ class SegmentEngine:
         return self.prompt_encoder(points=None if points is None else (points, labels.int()), boxes=None, masks=masks)
 
     def decode(self, features: ImageFeatures, prompts: Sequence[Prompt], image_index: int = 0,
-               validate: bool = True) -> Prediction:
-        """Masks for ``prompts`` on image ``image_index`` of ``features``; differentiable."""
+               validate: bool = True, full_resolution: bool = True) -> Prediction:
+        """Masks for ``prompts`` on image ``image_index`` of ``features``; differentiable.
+
+        ``full_resolution=False`` skips upsampling the chosen mask (``Prediction.logits`` is then
+        None): training losses that work on ``low_res_all`` need only that."""
         if len(prompts) == 0:
             raise PromptError("No prompt given.")
         if validate:
@@ -247,7 +251,8 @@ class SegmentEngine:
         low_res_all, iou_all = torch.stack(low_res), torch.stack(iou)
         choice = self._choose(low_res_all, iou_all, prompts)
         index = choice[:, None, None, None].expand(-1, 1, *low_res_all.shape[-2:])
-        logits = self.postprocess(low_res_all.gather(1, index), features.orig_hw, features.input_hw)[:, 0]
+        logits = (self.postprocess(low_res_all.gather(1, index), features.orig_hw, features.input_hw)[:, 0]
+                  if full_resolution else None)
         return Prediction(low_res_all, iou_all, choice, logits)
 
     def _choose(self, low_res_all, iou_all, prompts) -> torch.Tensor:

@@ -69,7 +69,8 @@ from samdemo.adapter import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.prompts import Prompt, prompts_from_mask
 from samdemo.quality import prompt_quality
-from samdemo.train_base import _jittered_box, _random_point, segmentation_loss
+from samdemo.losses import segmentation_loss
+from samdemo.prompt_sampling import jittered_box, random_point
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -196,8 +197,8 @@ def instance_prompts(masks: np.ndarray, instances: int, rng: np.random.Generator
     prompts, targets = [], []
     for i in chosen:
         mask = np.asarray(masks[i], dtype=bool)
-        prompts += [Prompt(points=_random_point(mask, rng)[None], labels=np.array([1])),
-                    Prompt(box=_jittered_box(mask, rng)), Prompt(mask=mask)]
+        prompts += [Prompt(points=random_point(mask, rng)[None], labels=np.array([1])),
+                    Prompt(box=jittered_box(mask, rng)), Prompt(mask=mask)]
         targets += [mask] * 3
     return prompts, np.stack(targets)
 

@@ -25,17 +25,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from samdemo.build import CONFIG_DIR, build_architecture, read_state_dict
 from samdemo.engine import SegmentEngine, image_to_tensor
+from samdemo.losses import hard_iou, low_res_target, mask_loss, segmentation_loss
+from samdemo.prompt_sampling import coarse_mask, corrective_click, featureless_image, jittered_box, random_point
 from samdemo.prompts import Prompt
-from samdemo.quality import prompt_quality
+from samdemo.quality import image_variant, prompt_quality
 from samdemo.scenes import train_scene, validation_scenes
 
 
@@ -58,118 +58,100 @@ class BaseTrainConfig:
     checkpoint_every: int = 50
     minutes: float = 0.0  # stop (resumably) after this wall time; 0 = no limit
     init: str = ""  # start from these weights (e.g. checkpoints/sam-small/model.safetensors) instead of random
+    blank_fraction: float = 0.1  # share of images replaced by featureless ones with empty targets
+    threads: int = 1  # torch threads of the training process
+    workers: int = 1  # scene-generating worker processes (0: generate in the training process)
 
     def arch_path(self) -> Path:
         return Path(self.config) if self.config else CONFIG_DIR / f"{self.family}_small.yaml"
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """Sigmoid focal loss averaged over the last two dims: ... x H x W -> ..."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = prob * target + (1 - prob) * (1 - target)
-    loss = ce * (1 - p_t) ** gamma * (alpha * target + (1 - alpha) * (1 - target))
-    return loss.mean(dim=(-2, -1))
+def training_step_loss(engine: SegmentEngine, images: np.ndarray, masks: list[np.ndarray], instances: int,
+                       rng: np.random.Generator, blank_fraction: float = 0.0) -> torch.Tensor:
+    """Mean segmentation loss over every prompt of a batch (one encoder pass for the batch).
 
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    prob = logits.sigmoid().flatten(-2)
-    target = target.flatten(-2)
-    return 1 - (2 * (prob * target).sum(-1) + 1) / (prob.sum(-1) + target.sum(-1) + 1)
-
-
-def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    pred = (logits > 0).float().flatten(-2)
-    target = target.flatten(-2)
-    inter = (pred * target).sum(-1)
-    union = ((pred + target) > 0).float().sum(-1)
-    return inter / union.clamp(min=1)
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor) -> torch.Tensor:
-    """Per mask: 20 focal + dice + MSE(IoU head, true IoU). logits/target ... x H x W, iou_pred ..."""
-    mask_term = 20 * focal_loss(logits, target) + dice_loss(logits, target)
-    iou_term = (iou_pred - soft_iou(logits.detach(), target)) ** 2
-    return mask_term + iou_term
-
-
-def _jittered_box(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)
-    side = np.array([box[2] - box[0], box[3] - box[1]] * 2) + 1
-    box = box + np.clip(rng.normal(0, 0.1, 4) * side, -0.2 * side, 0.2 * side)
-    h, w = mask.shape
-    box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
-    box[2], box[3] = max(box[2], box[0] + 2), max(box[3], box[1] + 2)
-    return box.astype(np.float32)
-
-
-def _random_point(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    ys, xs = np.nonzero(region)
-    i = rng.integers(len(xs))
-    return np.array([xs[i], ys[i]], np.float32)
-
-
-def _corrective_click(pred: np.ndarray, gt: np.ndarray, rng) -> tuple[np.ndarray, int]:
-    """A click in the largest error region: positive in a miss, negative in a false positive."""
-    miss, extra = gt & ~pred, pred & ~gt
-    region, label = (miss, 1) if miss.sum() >= extra.sum() else (extra, 0)
-    if not region.any():
-        return _random_point(gt, rng), 1
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return _random_point(labels == largest, rng), label
-
-
-def _perturbed_mask(mask: np.ndarray, rng) -> np.ndarray:
-    if rng.random() < 0.5:
-        return mask
-    k = int(rng.integers(1, 3))
-    kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
-    op = cv2.erode if rng.random() < 0.5 else cv2.dilate
-    out = op(mask.astype(np.uint8), kernel).astype(bool)
-    return out if out.any() else mask
-
-
-def training_step_loss(engine: SegmentEngine, scenes, instances: int, rng: np.random.Generator) -> torch.Tensor:
-    """Mean segmentation loss over every prompt of a batch of scenes (one encoder pass)."""
-    images = torch.cat([image_to_tensor(s.image) for s in scenes]).to(engine.device)
-    features = engine.embed(images)
+    images: B x S x S x 3 uint8; masks[b]: N_b x S x S bool instance masks of image b.
+    With probability ``blank_fraction`` an image is replaced by a featureless one
+    (``prompt_sampling.featureless_image``) whose prompts, drawn from the original masks, must
+    all give an empty mask. Losses compare the decoder's low-resolution logits (S/4 a side) with
+    area-downsampled targets (``losses.low_res_target``).
+    """
+    blank = rng.random(len(images)) < blank_fraction
+    images = np.stack([featureless_image(rng, images.shape[1]) if empty else image
+                       for image, empty in zip(images, blank)])
+    features = engine.embed(torch.cat([image_to_tensor(image) for image in images]).to(engine.device))
     losses = []
-    for b, scene in enumerate(scenes):
-        chosen = rng.permutation(len(scene.masks))[:instances]
-        gts = [scene.masks[i] for i in chosen]
-        target = torch.as_tensor(np.stack(gts), dtype=torch.float32, device=engine.device)
-        points = [_random_point(m, rng) for m in gts]
+    for b in range(len(images)):
+        chosen = rng.permutation(len(masks[b]))[:instances]
+        gts = [masks[b][i] for i in chosen]
+        prompt_gts = gts  # prompts always come from a real object; targets vanish on a blank image
+        if blank[b]:
+            gts = [np.zeros_like(m) for m in gts]
+        full = torch.as_tensor(np.stack(gts), dtype=torch.float32, device=engine.device)
+        points = [random_point(m, rng) for m in prompt_gts]
         first = [Prompt(points=p[None], labels=np.array([1])) for p in points]
-        single = [Prompt(box=_jittered_box(m, rng)) for m in gts] + [Prompt(mask=_perturbed_mask(m, rng)) for m in gts]
+        single = ([Prompt(box=jittered_box(m, rng)) for m in prompt_gts]
+                  + [Prompt(mask=coarse_mask(m, rng)) for m in prompt_gts])
         feats = features.select(b)
 
-        pred = engine.decode(feats, first, validate=False)
-        multi = engine.postprocess(pred.low_res_all[:, 1:], feats.orig_hw, feats.input_hw)
-        per_token = segmentation_loss(multi, target[:, None].expand_as(multi), pred.iou_all[:, 1:])
-        mask_part = (20 * focal_loss(multi, target[:, None].expand_as(multi)) + dice_loss(multi, target[:, None].expand_as(multi)))
-        best = mask_part.detach().argmin(1)
-        iou_part = per_token - mask_part  # the IoU head learns every token's quality
+        pred = engine.decode(feats, first, validate=False, full_resolution=False)
+        multi = pred.low_res_all[:, 1:]
+        target = low_res_target(full, multi.shape[-2:])
+        expanded = target[:, None].expand_as(multi)
+        mask_part = mask_loss(multi, expanded)
+        best = mask_part.detach().argmin(1)  # SAM's min-loss over the three ambiguous outputs
+        iou_part = (pred.iou_all[:, 1:] - hard_iou(multi.detach(), expanded)) ** 2  # every token's quality
         losses.append(mask_part.gather(1, best[:, None])[:, 0] + iou_part.mean(1))
 
-        chosen_masks = (multi.detach().gather(1, best[:, None, None, None].expand(-1, 1, *multi.shape[-2:]))[:, 0] > 0)
-        low_res = pred.low_res_all.detach().gather(1, (best + 1)[:, None, None, None].expand(-1, 1, *pred.low_res_all.shape[-2:]))
+        low_res = multi.detach().gather(1, best[:, None, None, None].expand(-1, 1, *multi.shape[-2:]))
+        chosen_masks = engine.postprocess(low_res, feats.orig_hw, feats.input_hw)[:, 0] > 0
         refine = []
         for i, gt in enumerate(gts):
-            click, label = _corrective_click(chosen_masks[i].cpu().numpy(), gt, rng)
+            click, label = corrective_click(chosen_masks[i].cpu().numpy(), gt, rng)
             refine.append(Prompt(points=np.stack([points[i], click]), labels=np.array([1, label]),
                                  mask=low_res[i].cpu().numpy(), mask_is_logits=True))
-        second = engine.decode(feats, single + refine, validate=False)
-        logits = engine.postprocess(second.low_res_all[:, :1], feats.orig_hw, feats.input_hw)[:, 0]
-        target3 = target.repeat(3, 1, 1)
-        losses.append(segmentation_loss(logits, target3, second.iou_all[:, 0]))
+        second = engine.decode(feats, single + refine, validate=False, full_resolution=False)
+        logits = second.low_res_all[:, 0]
+        losses.append(segmentation_loss(logits, target.repeat(3, 1, 1), second.iou_all[:, 0]))
     return torch.cat(losses).mean()
+
+
+class SceneBatches(torch.utils.data.Dataset):
+    """Batch ``step`` of a run: (B x S x S x 3 uint8 images, list of N_b x S x S bool masks).
+
+    Drawn by index, so DataLoader workers build the next batches in other processes while the
+    model trains, and a resumed run sees exactly the scenes it would have seen."""
+
+    def __init__(self, seed: int, batch: int, size: int):
+        self.seed, self.batch, self.size = seed, batch, size
+
+    def __len__(self) -> int:
+        return SCENES_PER_SEED // self.batch
+
+    def __getitem__(self, step: int):
+        first = self.seed * SCENES_PER_SEED + step * self.batch
+        scenes = [train_scene(first + i, size=self.size) for i in range(self.batch)]
+        return np.stack([s.image for s in scenes]), [s.masks for s in scenes]
+
+
+def _unchanged(batch):
+    return batch  # numpy arrays as drawn (DataLoader's default would turn them into tensors)
+
+
+def _scene_batches(cfg: "BaseTrainConfig", size: int, first_step: int):
+    dataset = SceneBatches(cfg.seed, cfg.batch, size)
+    steps = range(first_step, cfg.steps)
+    if cfg.workers == 0:
+        return (dataset[step] for step in steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=list(steps), num_workers=cfg.workers,
+                                         prefetch_factor=4, collate_fn=_unchanged)
+    return iter(loader)
 
 
 def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict:
     """Train (or resume) in ``run_dir``; returns the log. Saves ``run_dir/state.pt`` regularly."""
     torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, family = build_architecture(cfg.arch_path())
     if cfg.init:  # runs/ is not committed: a later session continues from the shipped weights
@@ -200,12 +182,10 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
     start, seconds_before = time.time(), log["seconds"]
     eval_set = validation_scenes(cfg.eval_scenes, size=engine.image_size)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train-base {family}")
-    while step < cfg.steps:
+    # each seed draws its own scenes, so a continued run (--init, new seed) sees fresh data
+    for images, masks in _scene_batches(cfg, engine.image_size, step):
         rng = np.random.default_rng([cfg.seed, step])  # per-step streams make resumed runs identical
-        # each seed draws its own scenes, so a continued run (--init, new seed) sees fresh data
-        first_scene = cfg.seed * SCENES_PER_SEED + step * cfg.batch
-        scenes = [train_scene(first_scene + i, size=engine.image_size) for i in range(cfg.batch)]
-        loss = training_step_loss(engine, scenes, cfg.instances, rng)
+        loss = training_step_loss(engine, images, masks, cfg.instances, rng, cfg.blank_fraction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -219,6 +199,9 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             quality = prompt_quality(engine, eval_set)
+            # the same prompts on a uniform grey image: what the model draws without looking
+            grey = prompt_quality(engine, [image_variant(scene, "grey") for scene in eval_set])
+            quality |= {f"grey_{kind}": grey[kind] for kind in ("point", "box")}
             model.train()
             log["eval"].append({"step": step, "seconds": round(log["seconds"], 1), **quality})
             tqdm.write(f"step {step}: held-out mIoU " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
