@@ -4,7 +4,8 @@ A ``--data`` string picks the source:
 
 * ``scenes`` or ``scenes:N``: the test split of the held-out procedural scenes
   (``scenes.test_scenes``; N, default 100) at the model's input size; ``val-scenes[:N]``: the
-  validation split (``scenes.validation_scenes``), for choosing settings.
+  validation split (``scenes.validation_scenes``), for choosing settings; ``shapes[:N]``: scenes of
+  the independent evaluation generator (``shapes_eval.independent_scenes``), never trained on.
 * ``DIR`` (or ``folder:DIR``): ``DIR/images/NAME.png|jpg|jpeg`` with either ``DIR/masks/NAME/*.png``
   (one binary PNG per instance, non-zero = object) or ``DIR/masks/NAME.png`` (one instance-id PNG:
   0 = background, every other value one instance; an RGB PNG counts each non-black colour as one).
@@ -118,20 +119,23 @@ def open_dataset(source: str, scene_size: int = 256, max_side: int = DEFAULT_MAX
     return sa1b_dataset(path, max_side)
 
 
-SCENE_SPLITS = {"scenes": "test", "val-scenes": "validation"}  # --data prefix -> split of samdemo.scenes
+SCENE_SPLITS = {"scenes": "test", "val-scenes": "validation", "shapes": "shapes"}  # --data prefix -> source
 
 
 def scene_dataset(n: int, size: int = 256, split: str = "test") -> Dataset:
-    """The first ``n`` scenes of a held-out ``split`` at ``size`` x ``size``, named ``scene-SEED``."""
+    """The first ``n`` scenes of ``split`` ("test", "validation" or the independent "shapes") at
+    ``size`` x ``size``, named ``scene-SEED``."""
     from samdemo.scenes import TEST_SEED_START, VALIDATION_SEED_START, make_scene
+    from samdemo.shapes_eval import SHAPES_SEED_START, shapes_scene
 
-    start = {"test": TEST_SEED_START, "validation": VALIDATION_SEED_START}[split]
+    start = {"test": TEST_SEED_START, "validation": VALIDATION_SEED_START, "shapes": SHAPES_SEED_START}[split]
+    draw = shapes_scene if split == "shapes" else make_scene
 
     if n < 1:
         raise DatasetError(f"scenes:{n}: the dataset is empty (ask for at least one scene).")
 
     def load(name: str):
-        scene = make_scene(int(name.removeprefix("scene-")), size)
+        scene = draw(int(name.removeprefix("scene-")), size)
         return scene.image, scene.masks
 
     return Dataset("scenes", [f"scene-{start + i}" for i in range(n)], load)

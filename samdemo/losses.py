@@ -26,9 +26,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU of the thresholded prediction (logits > 0) with the target (> 0.5); 0 when both are empty."""
+    """IoU of the thresholded prediction (logits > 0) with the target (>= 0.5); 0 when both are empty."""
     pred = (logits > 0).float().flatten(-2)
-    target = (target > 0.5).float().flatten(-2)
+    target = (target >= 0.5).float().flatten(-2)
     inter = (pred * target).sum(-1)
     union = ((pred + target) > 0).float().sum(-1)
     return inter / union.clamp(min=1)
