@@ -1,11 +1,21 @@
-"""Held-out quality and CPU speed of the embedded models.
+"""Quality, image dependence and CPU speed of the embedded models.
 
     python benchmarks/model_quality.py --scenes 500 --out benchmarks/results/model_quality.json
 
-For each model: mIoU against ground truth on held-out procedural scenes (seeds never used in
-training) per prompt type (center-most point with SAM's pick, best of its three masks, tight
-box, the mask itself), and the median time of an image embedding and of prompt -> mask at
-``--threads`` CPU threads. With ``--figure`` also draws held-out predictions per prompt type.
+For each model, mIoU against ground truth per prompt type (center-most point with SAM's pick,
+best of its three masks, tight box, the mask itself):
+
+* ``miou``: on the test split of the procedural scenes (never trained on, never used to choose);
+* ``image_dependence``: the same prompts on a uniform grey image and on the image with the
+  objects' pixels shuffled among themselves (``quality.image_variant``): a model that segments
+  what it sees falls towards 0 on grey;
+* ``independent``: on ``--shapes`` scenes of the independent evaluation generator
+  (``samdemo.shapes_eval``), clean and grey;
+* ``photos``: box and point IoU on the bundled photos against their reference masks
+  (``assets/make_reference_masks.py``);
+
+and the median time of an image embedding and of prompt -> mask at ``--threads`` CPU threads.
+With ``--figure`` also draws test predictions per prompt type.
 """
 
 from __future__ import annotations
@@ -26,8 +36,11 @@ import torch  # noqa: E402
 from samdemo.build import CHECKPOINT_DIR, get_spec  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
-from samdemo.quality import prompt_quality  # noqa: E402
+from samdemo.quality import image_dependence, photo_quality  # noqa: E402
 from samdemo.scenes import test_scenes  # noqa: E402
+from samdemo.shapes_eval import independent_scenes  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -86,10 +99,15 @@ def overlay_figure(engines: dict[str, SegmentEngine], scenes, path: Path) -> Non
     fig.savefig(path, dpi=70)
 
 
+def rounded(quality: dict) -> dict:
+    return {k: round(v, 4) for k, v in quality.items() if k != "instances"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="sam-small,sam2-small")
     parser.add_argument("--scenes", type=int, default=500)
+    parser.add_argument("--shapes", type=int, default=200, help="scenes of the independent generator")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_quality.json"))
@@ -97,7 +115,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {"command": " ".join(["python", "benchmarks/model_quality.py"] + (argv or sys.argv[1:])),
-               "scenes": args.scenes, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+               "scenes": args.scenes, "shapes": args.shapes, "threads": args.threads, "machine": platform.processor() or platform.machine(),
                "torch": torch.__version__, "models": {}}
     engines = {}
     for name in args.models.split(","):
@@ -106,10 +124,16 @@ def main(argv=None) -> int:
         weights = CHECKPOINT_DIR / get_spec(name).local_file
         scenes = test_scenes(args.scenes, size=engine.image_size)
         start = time.time()
-        quality = prompt_quality(engine, scenes)
+        variants = image_dependence(engine, scenes)
+        independent = image_dependence(engine, independent_scenes(args.shapes, size=engine.image_size),
+                                       variants=("image", "grey"))
         results["models"][name] = {
-            "miou": {k: round(v, 4) for k, v in quality.items() if k != "instances"},
-            "instances": quality["instances"], "eval_seconds": round(time.time() - start, 1),
+            "miou": rounded(variants["image"]), "instances": variants["image"]["instances"],
+            "image_dependence": {variant: rounded(variants[variant]) for variant in ("grey", "shuffled")},
+            "independent": {variant: rounded(quality) for variant, quality in independent.items()}
+            | {"instances": independent["image"]["instances"]},
+            "photos": photo_quality(engine, ASSETS),
+            "eval_seconds": round(time.time() - start, 1),
             "parameters": sum(p.numel() for p in engine.model.parameters()),
             "weights_mb": round(weights.stat().st_size / 2**20, 1),
             **timings(engine, scenes[0], args.repeats)}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.metrics import batch_iou
@@ -73,3 +76,18 @@ def image_dependence(engine: SegmentEngine, scenes: list, variants: Iterable[str
     return {variant: prompt_quality(engine, [image_variant(s, variant, seed=i) for i, s in enumerate(scenes)],
                                     max_instances)
             for variant in variants}
+
+
+def photo_quality(engine: SegmentEngine, assets: Path) -> dict[str, dict[str, float]]:
+    """IoU on the bundled photos against their reference masks (``assets/masks/index.json``):
+    photo -> {"box": IoU of the tight box's mask, "point": IoU of the center-most point's}."""
+    index = json.loads((assets / "masks" / "index.json").read_text())
+    results = {}
+    for name, entry in index.items():
+        image = np.array(Image.open(assets / f"{name}.png").convert("RGB"))
+        reference = np.asarray(Image.open(assets / entry["mask"])) > 0
+        prompts = prompts_from_mask(reference)
+        prediction = engine.predict(image, [prompts["box"], prompts["point"]])
+        ious = batch_iou(prediction.masks, torch.as_tensor(np.stack([reference] * 2)))
+        results[name] = {"box": round(float(ious[0]), 4), "point": round(float(ious[1]), 4)}
+    return results
