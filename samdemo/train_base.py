@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from samdemo import distributed
 from samdemo.build import CONFIG_DIR, build_architecture, read_state_dict
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.losses import hard_iou, low_res_target, mask_loss, segmentation_loss
@@ -59,29 +60,32 @@ class BaseTrainConfig:
     minutes: float = 0.0  # stop (resumably) after this wall time; 0 = no limit
     init: str = ""  # start from these weights (e.g. checkpoints/sam-small/model.safetensors) instead of random
     blank_fraction: float = 0.1  # share of images replaced by featureless ones with empty targets
-    threads: int = 1  # torch threads of the training process
-    workers: int = 1  # scene-generating worker processes (0: generate in the training process)
+    threads: int = 1  # torch threads of each training process
+    workers: int = 1  # scene-generating worker processes per training process (0: none)
+    device: str = ""  # "" = cuda when there is one, else cpu
+    bf16: bool = False  # bfloat16 autocast (pays on GPUs; CPUs without bf16 units only slow down)
 
     def arch_path(self) -> Path:
         return Path(self.config) if self.config else CONFIG_DIR / f"{self.family}_small.yaml"
 
 
 def training_step_loss(engine: SegmentEngine, images: np.ndarray, masks: list[np.ndarray], instances: int,
-                       rng: np.random.Generator, blank_fraction: float = 0.0) -> torch.Tensor:
+                       rngs: list[np.random.Generator], blank_fraction: float = 0.0) -> torch.Tensor:
     """Mean segmentation loss over every prompt of a batch (one encoder pass for the batch).
 
-    images: B x S x S x 3 uint8; masks[b]: N_b x S x S bool instance masks of image b.
+    images: B x S x S x 3 uint8; masks[b]: N_b x S x S bool instance masks of image b; rngs[b]
+    draws everything random about image b (so a batch split across processes draws the same).
     With probability ``blank_fraction`` an image is replaced by a featureless one
     (``prompt_sampling.featureless_image``) whose prompts, drawn from the original masks, must
     all give an empty mask. Losses compare the decoder's low-resolution logits (S/4 a side) with
     area-downsampled targets (``losses.low_res_target``).
     """
-    blank = rng.random(len(images)) < blank_fraction
+    blank = [rng.random() < blank_fraction for rng in rngs]
     images = np.stack([featureless_image(rng, images.shape[1]) if empty else image
-                       for image, empty in zip(images, blank)])
+                       for image, empty, rng in zip(images, blank, rngs)])
     features = engine.embed(torch.cat([image_to_tensor(image) for image in images]).to(engine.device))
     losses = []
-    for b in range(len(images)):
+    for b, rng in enumerate(rngs):
         chosen = rng.permutation(len(masks[b]))[:instances]
         gts = [masks[b][i] for i in chosen]
         prompt_gts = gts  # prompts always come from a real object; targets vanish on a blank image
@@ -117,29 +121,34 @@ def training_step_loss(engine: SegmentEngine, images: np.ndarray, masks: list[np
 
 
 class SceneBatches(torch.utils.data.Dataset):
-    """Batch ``step`` of a run: (B x S x S x 3 uint8 images, list of N_b x S x S bool masks).
+    """This process's share of batch ``step``: (b x S x S x 3 uint8 images, list of b masks
+    N_i x S x S bool, list of b positions in the global batch).
 
     Drawn by index, so DataLoader workers build the next batches in other processes while the
-    model trains, and a resumed run sees exactly the scenes it would have seen."""
+    model trains, and a resumed run sees exactly the scenes it would have seen. Under torchrun,
+    process ``rank`` of ``world`` takes images rank, rank + world, ... of the global batch."""
 
-    def __init__(self, seed: int, batch: int, size: int):
-        self.seed, self.batch, self.size = seed, batch, size
+    def __init__(self, seed: int, batch: int, size: int, rank: int = 0, world: int = 1):
+        if batch % world:
+            raise ValueError(f"--batch {batch} must be a multiple of the number of processes ({world})")
+        self.seed, self.batch, self.size, self.rank, self.world = seed, batch, size, rank, world
 
     def __len__(self) -> int:
         return SCENES_PER_SEED // self.batch
 
     def __getitem__(self, step: int):
         first = self.seed * SCENES_PER_SEED + step * self.batch
-        scenes = [train_scene(first + i, size=self.size) for i in range(self.batch)]
-        return np.stack([s.image for s in scenes]), [s.masks for s in scenes]
+        positions = list(range(self.rank, self.batch, self.world))
+        scenes = [train_scene(first + i, size=self.size) for i in positions]
+        return np.stack([s.image for s in scenes]), [s.masks for s in scenes], positions
 
 
 def _unchanged(batch):
     return batch  # numpy arrays as drawn (DataLoader's default would turn them into tensors)
 
 
-def _scene_batches(cfg: "BaseTrainConfig", size: int, first_step: int):
-    dataset = SceneBatches(cfg.seed, cfg.batch, size)
+def _scene_batches(cfg: "BaseTrainConfig", size: int, first_step: int, rank: int, world: int):
+    dataset = SceneBatches(cfg.seed, cfg.batch, size, rank, world)
     steps = range(first_step, cfg.steps)
     if cfg.workers == 0:
         return (dataset[step] for step in steps)
@@ -148,55 +157,84 @@ def _scene_batches(cfg: "BaseTrainConfig", size: int, first_step: int):
     return iter(loader)
 
 
+class _TrainingStep(torch.nn.Module):
+    """The model and its training loss as one module, so that DistributedDataParallel (which
+    all-reduces gradients of what its forward used) can wrap the whole step."""
+
+    def __init__(self, engine: SegmentEngine, cfg: "BaseTrainConfig"):
+        super().__init__()
+        self.model, self.engine, self.cfg = engine.model, engine, cfg
+
+    def forward(self, images, masks, rngs):
+        with torch.autocast(self.engine.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            return training_step_loss(self.engine, images, masks, self.cfg.instances, rngs, self.cfg.blank_fraction)
+
+
 def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict:
-    """Train (or resume) in ``run_dir``; returns the log. Saves ``run_dir/state.pt`` regularly."""
+    """Train (or resume) in ``run_dir``; returns the log. Saves ``run_dir/state.pt`` regularly.
+
+    Under ``torchrun --nproc-per-node N`` each process trains on its share of every batch
+    (``SceneBatches``) and DistributedDataParallel averages the gradients; process 0 alone
+    evaluates and writes checkpoints and the log."""
+    world = distributed.world_size()
+    rank = distributed.setup(cfg.device)
+    device = torch.device(distributed.local_device(cfg.device))
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run_dir.mkdir(parents=True, exist_ok=True)
     model, family = build_architecture(cfg.arch_path())
     if cfg.init:  # runs/ is not committed: a later session continues from the shipped weights
         model.load_state_dict(read_state_dict(Path(cfg.init)))
+    model.to(device)
     engine = SegmentEngine(model, family)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
         0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(cfg.steps, 1))))))
     state_path = run_dir / "state.pt"
-    log: dict = {"config": asdict(cfg), "train": [], "eval": [], "seconds": 0.0}
+    log: dict = {"config": asdict(cfg), "processes": world, "train": [], "eval": [], "seconds": 0.0}
     step = 0
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step = int(state["step"])
         log = json.loads((run_dir / "log.json").read_text())
-        log.setdefault("resumed", []).append({"step": step, "config": asdict(cfg)})  # e.g. a longer schedule
-    shutil.copy(cfg.arch_path(), run_dir / "config.yaml")
+        log.setdefault("resumed", []).append({"step": step, "config": asdict(cfg), "processes": world})
+    training_step = distributed.wrap(_TrainingStep(engine, cfg), device, unused_parameters=family == "sam2")
+    if rank == 0:
+        shutil.copy(cfg.arch_path(), run_dir / "config.yaml")
 
     def save():
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "step": step}, state_path)
-        (run_dir / "log.json").write_text(json.dumps(log, indent=1))
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "step": step}, state_path)
+            (run_dir / "log.json").write_text(json.dumps(log, indent=1))
 
     start, seconds_before = time.time(), log["seconds"]
-    eval_set = validation_scenes(cfg.eval_scenes, size=engine.image_size)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train-base {family}")
+    eval_set = validation_scenes(cfg.eval_scenes, size=engine.image_size) if rank == 0 else []
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train-base {family}", disable=rank != 0)
     # each seed draws its own scenes, so a continued run (--init, new seed) sees fresh data
-    for images, masks in _scene_batches(cfg, engine.image_size, step):
-        rng = np.random.default_rng([cfg.seed, step])  # per-step streams make resumed runs identical
-        loss = training_step_loss(engine, images, masks, cfg.instances, rng, cfg.blank_fraction)
+    for images, masks, positions in _scene_batches(cfg, engine.image_size, step, rank, world):
+        # one random stream per image of the global batch: resumed runs, and runs split over any
+        # number of processes, draw the same prompts
+        rngs = [np.random.default_rng([cfg.seed, step, position]) for position in positions]
+        loss = training_step(images, masks, rngs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         step += 1
+        global_loss = distributed.mean(loss.detach())
         log["seconds"] = seconds_before + time.time() - start
-        log["train"].append([step, round(loss.item(), 5)])
+        log["train"].append([step, round(global_loss, 5)])
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        bar.set_postfix(loss=f"{global_loss:.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
+        if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
             quality = prompt_quality(engine, eval_set)
             # the same prompts on a uniform grey image: what the model draws without looking
@@ -204,15 +242,17 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
             quality |= {f"grey_{kind}": grey[kind] for kind in ("point", "box")}
             model.train()
             log["eval"].append({"step": step, "seconds": round(log["seconds"], 1), **quality})
-            tqdm.write(f"step {step}: held-out mIoU " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
+            tqdm.write(f"step {step}: validation mIoU " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save()
-        if cfg.minutes and time.time() - start > cfg.minutes * 60:
+        # every process stops at the same step: process 0's clock decides
+        if cfg.minutes and distributed.agree(time.time() - start > cfg.minutes * 60):
             save()
             tqdm.write(f"stopping after {cfg.minutes} minutes at step {step}; rerun to resume")
             break
     bar.close()
     save()
+    distributed.teardown()
     return log
 
 
@@ -240,7 +280,11 @@ def configure_parser(parser) -> None:
     parser.add_argument("--config", default="", help="architecture YAML (default: samdemo/configs/<family>_small.yaml)")
     parser.add_argument("--run-dir", type=Path, required=True, help="where state.pt and log.json go")
     for name, default in asdict(BaseTrainConfig()).items():
-        if name not in ("family", "config"):
+        if name in ("family", "config"):
+            continue
+        if isinstance(default, bool):
+            parser.add_argument(f"--{name.replace('_', '-')}", action="store_true")
+        else:
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--export", type=Path, default=None, help="after training, write model.safetensors here")
@@ -250,6 +294,6 @@ def run(args) -> int:
     fields = {k: getattr(args, k) for k in asdict(BaseTrainConfig())}
     cfg = BaseTrainConfig(**fields)
     train_base(cfg, args.run_dir, resume=not args.no_resume)
-    if args.export:
+    if args.export and distributed.rank() == 0:
         print(f"exported {export_weights(args.run_dir, args.export)}")
     return 0

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -28,3 +29,22 @@ def test_two_steps_train_log_export_and_continue_from_exported_weights(tmp_path)
     export_weights(tmp_path / "run2", tmp_path / "out")
     history = json.loads((tmp_path / "out" / "training_log.json").read_text())
     assert history["config"]["init"] == str(weights) and history["previous"]["train"] == log["train"]
+
+
+def test_gpu_training_script_runs_on_cpu_with_tiny_settings(tmp_path):
+    """The script a GPU machine runs at once: checked here on CPU, one step per model."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DEVICE": "cpu", "WORKERS": "1", "BATCH": "2", "INSTANCES": "1", "STEPS": "1",
+           "EVAL_SCENES": "1", "RUNS": str(tmp_path / "runs"), "EXPORT": str(tmp_path / "export"),
+           "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(root / "scripts/train_models_gpu.sh"), "1"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for family in ("sam", "sam2"):
+        log = json.loads((tmp_path / "export" / f"{family}-small" / "training_log.json").read_text())
+        assert [row[0] for row in log["train"]] == [1] and log["config"]["device"] == "cpu"
+        assert (tmp_path / "export" / f"{family}-small" / "model.safetensors").stat().st_size > 1e6

@@ -1,0 +1,86 @@
+"""torch.distributed for samdemo's commands, started with ``torchrun`` (one process per device or
+CPU share) or as one plain process, where every function here is a no-op.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE (and the rendezvous for several nodes); the
+process group uses NCCL on GPUs and gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def local_device(device: str = "") -> str:
+    """``device`` ("" = cuda when there is one), with this process's GPU index under torchrun."""
+    device = device or default_device()
+    if device == "cuda" and world_size() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def setup(device: str = "") -> int:
+    """Join the process group when started by torchrun; returns this process's rank."""
+    if world_size() > 1 and not dist.is_initialized():
+        backend = "nccl" if (device or default_device()).startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_device("cuda"))
+        dist.init_process_group(backend)
+    return rank()
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(module: torch.nn.Module, device: torch.device, unused_parameters: bool = False) -> torch.nn.Module:
+    """``module`` under DistributedDataParallel when there are several processes.
+
+    ``unused_parameters``: some parameters take no part in the forward pass (SAM 2's memory
+    modules, on single images), which DDP must then look for at every step."""
+    if not dist.is_initialized():
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused_parameters)
+
+
+def _collective_device() -> str:
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
+def mean(value: torch.Tensor) -> float:
+    """The mean of a scalar over all processes."""
+    if not dist.is_initialized():
+        return float(value)
+    total = value.detach().float().reshape(1).to(_collective_device())
+    dist.all_reduce(total)
+    return float(total) / world_size()
+
+
+def agree(flag: bool) -> bool:
+    """Process 0's ``flag``, on every process (e.g. "the time budget is spent")."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], device=_collective_device())
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
