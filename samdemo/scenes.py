@@ -355,8 +355,10 @@ def _flat(rng, h: int, w: int, size: int, col: np.ndarray) -> np.ndarray:
     return img
 
 
-def _background(rng, size: int) -> np.ndarray:
+def _background(rng, size: int, easy: bool = False) -> np.ndarray:
     r = rng.random()
+    if easy:
+        return _flat(rng, size, size, size, _palette(rng, 1)[0])
     if r < 0.45:
         img = _photo_patch(rng, size, size, size)
         if img is not None:
@@ -481,7 +483,7 @@ _NEST_KINDS = ("ellipse", "convex", "concave", "star", "blob", "ring")
 # ----------------------------------------------------------------------------
 
 
-def _fill(rng, h, w, size, bg_win, ctx_pix, parent_fill):
+def _fill(rng, h, w, size, bg_win, ctx_pix, parent_fill, easy: bool = False):
     """Fill image (h,w,3) float32 for an object, and whether it is a camouflage fill.
 
     bg_win: callable -> (h,w,3) window of the background taken elsewhere
@@ -489,6 +491,8 @@ def _fill(rng, h, w, size, bg_win, ctx_pix, parent_fill):
     parent_fill: fill of the enclosing object for nested objects, else None
     """
     r = rng.random()
+    if easy:  # a flat colour of its own
+        return _flat(rng, h, w, size, _palette(rng, 1)[0]), False
     if r < 0.16:  # flat colour (sometimes picked from the surroundings)
         src = ctx_pix if rng.random() < 0.4 else None
         return _flat(rng, h, w, size, _palette(rng, 1, src)[0]), False
@@ -549,10 +553,10 @@ def _ensure_edge(rng, fill: np.ndarray, under: np.ndarray, m: np.ndarray) -> Non
         np.clip(fill, 0, 255, out=fill)
 
 
-def _generate(rng, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _generate(rng, size: int, easy: bool = False) -> tuple[np.ndarray, np.ndarray]:
     area = size * size
     min_area = MIN_AREA_FRAC * area
-    bg = _background(rng, size)
+    bg = _background(rng, size, easy)
     img = bg.copy()
     owner = np.full((size, size), -1, np.int16)
     n_obj = int(rng.integers(2, 9))
@@ -597,11 +601,11 @@ def _generate(rng, size: int) -> tuple[np.ndarray, np.ndarray]:
         m = np.zeros((h, w), np.uint8)
         _shape(rng, kind, m, cx, cy, r, x0, y0, size)
         ctx = bg[y0:y1:4, x0:x1:4].reshape(-1, 3) if parent is None else parent[5][::4, ::4].reshape(-1, 3)
-        fill, camo = _fill(rng, h, w, size, lambda: bg_window(h, w), ctx,
+        fill, camo = _fill(rng, h, w, size, lambda: bg_window(h, w), ctx, easy=easy, parent_fill=
                            None if parent is None else parent[5])
         fill = fill.astype(_F32, copy=False)
         region = img[y0:y1, x0:x1]
-        if not camo and rng.random() < 0.3:  # match the mean colour of the surroundings
+        if not camo and not easy and rng.random() < 0.3:  # match the mean colour of the surroundings
             delta = np.subtract(cv2.mean(region)[:3], cv2.mean(fill)[:3])
             fill += (delta * rng.uniform(0.7, 1.0)).astype(_F32)
         fill = _shade(rng, fill, m, size)
@@ -678,10 +682,13 @@ _GAUSS_LUT = _gauss_lut()
 # ----------------------------------------------------------------------------
 
 
-def make_scene(seed: int, size: int = 256) -> Scene:
+def make_scene(seed: int, size: int = 256, easy: bool = False) -> Scene:
     """Generate the scene for ``seed`` (deterministic: same seed and size ->
     identical arrays).  Returns ``Scene`` with image (size, size, 3) uint8 RGB
-    and masks (N, size, size) bool, 1 <= N <= 8.  ``size`` >= 32."""
+    and masks (N, size, size) bool, 1 <= N <= 8.  ``size`` >= 32.
+
+    ``easy``: flat-coloured objects on a flat background (the same shapes, no textures, photos
+    or camouflage), where every boundary is a colour edge: a curriculum for training."""
     seed, size = int(seed), int(size)
     if size < MIN_SIZE:
         raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
@@ -689,7 +696,7 @@ def make_scene(seed: int, size: int = 256) -> Scene:
         raise ValueError(f"seed must be >= 0, got {seed}")
     rng = np.random.default_rng(seed)
     for _ in range(100):  # regenerate (same stream, so deterministic) if nothing survives
-        img, masks = _generate(rng, size)
+        img, masks = _generate(rng, size, easy)
         if len(masks):
             break
     else:  # pragma: no cover - practically unreachable
@@ -697,7 +704,7 @@ def make_scene(seed: int, size: int = 256) -> Scene:
     return Scene(image=_photometric(rng, img, size), masks=masks, seed=seed)
 
 
-def train_scene(index: int, size: int = 256) -> Scene:
+def train_scene(index: int, size: int = 256, easy: bool = False) -> Scene:
     """Training scene number ``index`` (seed ``TRAIN_SEED_START + index``).
 
     Raises ValueError if index < 0 or the seed would reach the held-out range
@@ -707,7 +714,7 @@ def train_scene(index: int, size: int = 256) -> Scene:
     if index < 0 or seed >= HELDOUT_SEED_START:
         raise ValueError(
             f"training index {index} out of range [0, {HELDOUT_SEED_START - TRAIN_SEED_START})")
-    return make_scene(seed, size)
+    return make_scene(seed, size, easy)
 
 
 def _split(start: int, n: int, size: int) -> list[Scene]:

@@ -60,6 +60,7 @@ class BaseTrainConfig:
     minutes: float = 0.0  # stop (resumably) after this wall time; 0 = no limit
     init: str = ""  # start from these weights (e.g. checkpoints/sam-small/model.safetensors) instead of random
     blank_fraction: float = 0.1  # share of images replaced by featureless ones with empty targets
+    easy_fraction: float = 0.3  # share of scenes drawn flat-coloured on flat backgrounds (a curriculum)
     threads: int = 1  # torch threads of each training process
     workers: int = 1  # scene-generating worker processes per training process (0: none)
     device: str = ""  # "" = cuda when there is one, else cpu
@@ -128,18 +129,23 @@ class SceneBatches(torch.utils.data.Dataset):
     model trains, and a resumed run sees exactly the scenes it would have seen. Under torchrun,
     process ``rank`` of ``world`` takes images rank, rank + world, ... of the global batch."""
 
-    def __init__(self, seed: int, batch: int, size: int, rank: int = 0, world: int = 1):
+    def __init__(self, seed: int, batch: int, size: int, rank: int = 0, world: int = 1, easy_fraction: float = 0.0):
         if batch % world:
             raise ValueError(f"--batch {batch} must be a multiple of the number of processes ({world})")
         self.seed, self.batch, self.size, self.rank, self.world = seed, batch, size, rank, world
+        self.easy_fraction = easy_fraction
 
     def __len__(self) -> int:
         return SCENES_PER_SEED // self.batch
 
+    def is_easy(self, index: int) -> bool:
+        """Whether training scene ``index`` is drawn in the easy mode (``scenes.make_scene``)."""
+        return bool(np.random.default_rng([index, 1]).random() < self.easy_fraction)
+
     def __getitem__(self, step: int):
         first = self.seed * SCENES_PER_SEED + step * self.batch
         positions = list(range(self.rank, self.batch, self.world))
-        scenes = [train_scene(first + i, size=self.size) for i in positions]
+        scenes = [train_scene(first + i, size=self.size, easy=self.is_easy(first + i)) for i in positions]
         return np.stack([s.image for s in scenes]), [s.masks for s in scenes], positions
 
 
@@ -148,7 +154,7 @@ def _unchanged(batch):
 
 
 def _scene_batches(cfg: "BaseTrainConfig", size: int, first_step: int, rank: int, world: int):
-    dataset = SceneBatches(cfg.seed, cfg.batch, size, rank, world)
+    dataset = SceneBatches(cfg.seed, cfg.batch, size, rank, world, cfg.easy_fraction)
     steps = range(first_step, cfg.steps)
     if cfg.workers == 0:
         return (dataset[step] for step in steps)
