@@ -70,6 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samdemo.errors import AdapterError
+
 FORMAT_NAME = "samdemo-svd-adapter"
 FORMAT_VERSION = 2  # 2: "method" (svd, lora, full); 1: SVD only, no "method" key
 READABLE_VERSIONS = (1, 2)
@@ -97,10 +99,6 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 BASE_MODEL_HUB_IDS = {
     "sam-vit-b": "facebook/sam-vit-base", "sam-vit-l": "facebook/sam-vit-large", "sam-vit-h": "facebook/sam-vit-huge",
 }
-
-
-class AdapterError(ValueError):
-    """An adapter that cannot be used here; the message says what does not fit and what to do."""
 
 
 def default_target_modules(family: str) -> list[str]:

@@ -39,18 +39,17 @@ import gradio as gr
 import numpy as np
 
 from samdemo import limits
-from samdemo.build import CHECKPOINT_DIR, MODEL_REGISTRY, ModelUnavailableError, get_spec
+from samdemo.build import CHECKPOINT_DIR, MODEL_REGISTRY, get_spec
+from samdemo.errors import AttackCancelled, ModelUnavailableError, PromptError, UserError
 from samdemo.engine import EmbeddingCache, Prediction, SegmentEngine, image_to_tensor, tensor_to_image
-from samdemo.limits import UserError
-from samdemo.metrics import mask_iou
-from samdemo.prompts import Prompt, PromptError
+from samdemo.metrics import ATTACK_SUCCESS_IOU, mask_iou
+from samdemo.prompts import Prompt
 
 log = logging.getLogger("samdemo.app")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 DISPLAY_SIDE = 512  # small images are shown upscaled by an integer factor to about this size
-SUCCESS_IOU = 0.5  # an attack succeeds on a model when IoU(adversarial, clean) < 0.5
 
 # Models offered in the picker: the embedded ones, SAM ViT-B/L/H and SAM 2.1 Hiera T/S/B+/L.
 APP_MODELS = [name for name in MODEL_REGISTRY
@@ -751,7 +750,7 @@ def run_attack(manager: ModelManager, model: str, adapter: AdapterChoice, image:
         iou_own = mask_iou(mask, own_clean)
         iou_gt = mask_iou(mask, gt) if gt is not None else None
         iou_original = mask_iou(mask, preds["original/clean"][0])
-        success = "—" if input_key == "clean" else ("yes" if iou_own < SUCCESS_IOU else "no")
+        success = "—" if input_key == "clean" else ("yes" if iou_own < ATTACK_SUCCESS_IOU else "no")
         overlay = render_overlay(shown, mask, prompts, show_ground_truth=gt is not None)
         text = f"IoU {iou_ref:.2f}" + (" (reference)" if gt is None and key == "original/clean" else "")
         panels[key] = Panel(f"{title} — IoU {iou_ref:.2f}", banner(overlay, text), mask, iou_ref)
@@ -1206,9 +1205,9 @@ class Lab:
             settings = AttackSettings(*attack_inputs).validate()
             choice = AdapterChoice.parse(*adapter_inputs)
             return job(image, session.prompts, choice, settings, cancel)
+        except AttackCancelled:
+            return None
         except Exception as error:
-            if type(error).__name__ == "AttackCancelled":
-                return None
             raise self._error(error) from None
         finally:
             with self._cancels_lock:

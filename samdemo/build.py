@@ -19,19 +19,13 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from samdemo.errors import HubUnreachableError, ModelUnavailableError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = Path(os.environ.get("SAMDEMO_CHECKPOINTS", REPO_ROOT / "checkpoints"))
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Public mirror of Meta's original SAM v1 .pth files; override to use another copy.
 SAM_V1_HUB_REPO = os.environ.get("SAMDEMO_SAM_HUB_REPO", "ybelkada/segment-anything")
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights of a model cannot be found locally nor downloaded. The message says how to get them."""
-
-
-class HubUnreachableError(ModelUnavailableError):
-    """The Hugging Face Hub did not answer in time (see :func:`hub_file_size`)."""
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,11 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from samdemo.errors import DatasetError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_SCENES = 100
 DEFAULT_MAX_SIDE = 1024
-
-
-class DatasetError(ValueError):
-    """A data source that cannot be read; the message names the file and what is wrong."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samdemo.prompts import MASK_PROMPT_LOGIT, Prompt, PromptError
+from samdemo.prompts import MASK_PROMPT_LOGIT, Prompt
+from samdemo.errors import PromptError
 
 SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)  # both families normalise with ImageNet statistics
 SAM_PIXEL_STD = (0.229, 0.224, 0.225)

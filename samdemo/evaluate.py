@@ -61,12 +61,11 @@ import torch
 
 from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows, craft_attack, object_prompts, predict_types
 from samdemo.engine import SegmentEngine, image_to_tensor
-from samdemo.metrics import batch_iou
-from samdemo.prompts import Prompt
+from samdemo.metrics import ATTACK_SUCCESS_IOU, batch_iou
+from samdemo.prompts import PROMPT_TYPES, Prompt
 
-PROMPT_TYPES = ("point", "points", "box", "mask")
-DEFAULT_PROMPTS = ("point", "box", "mask")
-ASR_THRESHOLD = 0.5  # an instance is "fooled" when IoU(adversarial, clean prediction) < 0.5
+EVAL_PROMPT_TYPES = (PROMPT_TYPES[0], "points", *PROMPT_TYPES[1:])  # "points": several positive clicks
+DEFAULT_PROMPTS = PROMPT_TYPES
 CI_LEVEL, CI_RESAMPLES = 0.95, 1000
 SAMPLED_POINTS = 3
 LOG_FILE = "per_image.jsonl"
@@ -103,7 +102,7 @@ class Settings:
 # ------------------------------------------------------------------------------------------ CLI
 def configure_parser(parser) -> None:
     from samdemo.attacks import GENERATORS
-    from samdemo.attacks.base import DEFAULT_STEPS
+    from samdemo.attacks.base import DEFAULT_STEPS, EPS_MAX_255
     from samdemo.build import DEFAULT_MODEL
     from samdemo.datasets import DEFAULT_MAX_SIDE
 
@@ -114,8 +113,8 @@ def configure_parser(parser) -> None:
                                                           "(see samdemo/datasets.py); default scenes")
     parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma-separated attacks")
     parser.add_argument("--prompts", default=",".join(DEFAULT_PROMPTS),
-                        help=f"comma-separated prompt types among {', '.join(PROMPT_TYPES)}")
-    parser.add_argument("--eps", type=float, default=8.0, help="L-inf bound in 1/255 units (0..32), default 8")
+                        help=f"comma-separated prompt types among {', '.join(EVAL_PROMPT_TYPES)}")
+    parser.add_argument("--eps", type=float, default=8.0, help=f"L-inf bound in 1/255 units (0..{EPS_MAX_255}), default 8")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="attack iterations, default 10")
     parser.add_argument("--generator", default="pgd", choices=list(GENERATORS))
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
@@ -128,18 +127,17 @@ def configure_parser(parser) -> None:
 
 def parse_settings(args) -> Settings:
     """Validate the arguments; ValueError with one clear message otherwise."""
-    from samdemo.attacks.base import validate_steps
+    from samdemo.attacks.base import eps_from_255, validate_steps
     from samdemo.build import get_spec
 
     get_spec(args.model)  # unknown model: a clear error before anything is loaded
     attacks = _split(args.attacks, "--attacks")
     attack_rows(attacks)  # unknown attack names
     prompts = _split(args.prompts, "--prompts")
-    unknown = [p for p in prompts if p not in PROMPT_TYPES]
+    unknown = [p for p in prompts if p not in EVAL_PROMPT_TYPES]
     if unknown:
-        raise ValueError(f"Unknown prompt type {unknown[0]!r} in --prompts; choose among {', '.join(PROMPT_TYPES)}.")
-    if not 0 <= args.eps <= 32:
-        raise ValueError(f"--eps is in 1/255 units and must be between 0 and 32; got {args.eps:g}.")
+        raise ValueError(f"Unknown prompt type {unknown[0]!r} in --prompts; choose among {', '.join(EVAL_PROMPT_TYPES)}.")
+    eps_from_255(args.eps)
     validate_steps(args.steps)
     for name in ("limit", "max_instances", "max_side"):
         value = getattr(args, name)
@@ -287,7 +285,7 @@ def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, li
                           "skipped": [e["name"] for e in entries if not e["instances"]],
                           "ci": {"method": "percentile bootstrap over images", "level": CI_LEVEL,
                                  "resamples": CI_RESAMPLES, "seed": settings.seed},
-                          "asr_threshold": ASR_THRESHOLD, "versions": _versions(),
+                          "asr_threshold": ATTACK_SUCCESS_IOU, "versions": _versions(),
                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                "records": records}
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
@@ -352,7 +350,7 @@ def aggregate(entries: list[dict], defenses: list[Defense], settings: Settings) 
     for (defense, mode, attack, crafted, evaluated), rows in groups.items():
         metrics = {"miou_gt": [r["iou_gt"] for r in rows], "miou_clean": [r["iou_clean"] for r in rows],
                    "clean_miou_gt": [r["clean"] for r in rows],
-                   "asr": [[float(v < ASR_THRESHOLD) for v in r["iou_clean"]] for r in rows]}
+                   "asr": [[float(v < ATTACK_SUCCESS_IOU) for v in r["iou_clean"]] for r in rows]}
         record = {"model": settings.model, "defense": defense, "method": method.get(defense, "?"), "mode": mode,
                   "attack": attack, "crafted_with": crafted, "evaluated_with": evaluated,
                   "n": sum(len(v) for v in metrics["miou_gt"]), "images": len(rows)}
@@ -412,7 +410,7 @@ def write_report(results: dict, out: Path) -> None:
              f"eps {s['eps']:g}/255, {s['steps']} {s['generator']} steps, seed {s['seed']}. "
              f"Defenses: {', '.join(d['label'] + ' (' + d['method'] + ')' for d in s['defenses'])}.", "",
              f"mIoU pooled over instances; ASR: fraction of instances whose IoU with the same model's clean "
-             f"prediction falls below {ASR_THRESHOLD}. Brackets: {CI_LEVEL:.0%} bootstrap intervals over images.", ""]
+             f"prediction falls below {ATTACK_SUCCESS_IOU}. Brackets: {CI_LEVEL:.0%} bootstrap intervals over images.", ""]
     if records:
         write_plots(records, out)
         lines += ["![mIoU and ASR per attack](bars.png)", "", "![transfer matrices](transfer.png)", ""]
@@ -456,7 +454,7 @@ def write_plots(records: list[dict], out: Path) -> None:
                 ax.bar(x, values, width, yerr=np.array(errors).T, capsize=2, label=t)
             ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 1)
-            ax.set_ylabel("mIoU vs ground truth" if metric == "miou_gt" else f"ASR (IoU vs clean < {ASR_THRESHOLD})")
+            ax.set_ylabel("mIoU vs ground truth" if metric == "miou_gt" else f"ASR (IoU vs clean < {ATTACK_SUCCESS_IOU})")
             ax.set_title(f"{defense}, {mode}", fontsize=10)
             ax.grid(axis="y", alpha=0.3, lw=0.4)
     figure.legend(*axes[0, 0].get_legend_handles_labels(), title="evaluated with", loc="outside upper center",

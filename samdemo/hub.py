@@ -24,7 +24,8 @@ import re
 import sys
 from pathlib import Path
 
-from samdemo.adapter import ADAPTER_FILES, WEIGHTS_FILE, Adapter, AdapterError, read_adapter_folder
+from samdemo.adapter import ADAPTER_FILES, WEIGHTS_FILE, Adapter, read_adapter_folder
+from samdemo.errors import AdapterError
 from samdemo.adapter import load_adapter as _load_local
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     from samdemo import limits
-    from samdemo.build import HubUnreachableError, hub_file_size
+    from samdemo.build import hub_file_size
+    from samdemo.errors import HubUnreachableError
 
     where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
     # huggingface_hub alone retries a refused connection for ~25 s and waits minutes on a silent Hub.

@@ -28,14 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-
-class UserError(ValueError):
-    """Something the user can fix (an input outside the limits, unreadable, out of range); the message
-    says what, and is shown as is."""
-
-
-class TimeLimitExceeded(UserError):
-    """An attack ran past its time limit and was stopped."""
+from samdemo.attacks.base import EPS_MAX_255
+from samdemo.errors import TimeLimitExceeded, UserError  # noqa: F401  (raised here)
 
 
 def _env(name: str, default, cast=float):
@@ -56,7 +50,7 @@ MAX_PIXELS: int = _env("SAMDEMO_MAX_PIXELS", 40_000_000, int)
 MAX_SIDE: int = _env("SAMDEMO_MAX_SIDE", 1024, int)
 MIN_SIDE = 8  # smaller images carry no object a model could segment
 MAX_STEPS: int = _env("SAMDEMO_MAX_STEPS", 100, int)
-MAX_EPS255 = 32  # samdemo.attacks.EPS_MAX * 255: the L-inf threat model, not a resource limit
+MAX_EPS255 = EPS_MAX_255  # the L-inf threat model, not a resource limit
 MAX_SEED = 2**32 - 1  # exact in the browser's numbers (torch itself takes 64-bit seeds)
 ATTACK_TIME_LIMIT_S: float = _env("SAMDEMO_ATTACK_TIME_LIMIT", 120.0)
 TRANSFER_TIME_LIMIT_S: float = _env("SAMDEMO_TRANSFER_TIME_LIMIT", 300.0)

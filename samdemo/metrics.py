@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# An attack succeeds on an instance when the IoU of the adversarial mask with the clean one falls
+# below this (the app's "fooled" column and evaluate's attack success rate).
+ATTACK_SUCCESS_IOU = 0.5
+
 
 def mask_iou(pred, target) -> float:
     """Intersection over union of two H x W bool masks (1.0 when both are empty)."""

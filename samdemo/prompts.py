@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from samdemo.errors import PromptError
+
+PROMPT_TYPES = ("point", "box", "mask")  # SAM's prompt types, in the order tables show them
 MASK_PROMPT_LOGIT = 10.0  # a bool mask prompt becomes +-10 logits, the scale of SAM's own outputs
-
-
-class PromptError(ValueError):
-    """A prompt that cannot be used; the message says what is wrong in the user's terms."""
 
 
 @dataclass(frozen=True)

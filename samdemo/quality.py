@@ -13,9 +13,8 @@ from PIL import Image
 
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.metrics import batch_iou
-from samdemo.prompts import prompts_from_mask
+from samdemo.prompts import PROMPT_TYPES, prompts_from_mask
 
-PROMPT_TYPES = ("point", "box", "mask")
 
 
 @torch.no_grad()

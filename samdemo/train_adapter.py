@@ -10,7 +10,7 @@ Every step, on a batch of images with target masks:
 1. **Attack** the *current adapted* model (white box, so the defense never trains against a
    stale attack): one attack per step, cycling through ``--attacks`` (default cross-prompt,
    feature, mask; ``samdemo.attacks``) with few PGD steps (``--attack-steps``, default 4) at
-   ``--eps`` (default 8/255).
+   ``--eps`` (in 1/255 units like every command; default 8).
 2. **Loss** = ``adv_weight`` x segmentation loss on the adversarial images + ``clean_weight`` x
    the same loss on the clean images, for a point, a jittered box and a mask prompt per target
    instance (``train_base.segmentation_loss``: 20 focal + dice + IoU-head MSE; a lone point
@@ -66,6 +66,7 @@ import torch
 from tqdm import tqdm
 
 from samdemo.adapter import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_adapter, save_adapter
+from samdemo.attacks.base import eps_from_255
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.prompts import Prompt, prompts_from_mask
 from samdemo.quality import prompt_quality
@@ -416,11 +417,13 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, da
 
 # ---------------------------------------------------------------------- CLI
 def parse_eps(text: str) -> float:
-    """'8/255' or '0.0314' -> float."""
-    try:
-        return float(Fraction(text)) if "/" in str(text) else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
+    """``--eps`` in 1/255 units like every command ('8'), or an explicit fraction ('8/255') -> pixel units."""
+    if "/" in str(text):
+        try:
+            return eps_from_255(float(Fraction(text)) * 255)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"--eps is in 1/255 units (e.g. 8) or a fraction like 8/255; got {text!r}") from None
+    return eps_from_255(text)
 
 
 HELP = {
@@ -460,7 +463,8 @@ def configure_parser(parser) -> None:
     for name, default in asdict(AdapterTrainConfig()).items():
         flag = f"--{name.replace('_', '-')}"
         if name == "eps":
-            parser.add_argument(flag, type=parse_eps, default=default, help="L-inf budget, e.g. 8/255 (default)")
+            parser.add_argument(flag, type=parse_eps, default=default,
+                                help="L-inf budget in 1/255 units like every command (default 8; 8/255 also reads)")
         elif name == "method":
             parser.add_argument(flag, choices=METHODS, default=default, help=f"{HELP[name]} (default: {default})")
         else:

@@ -23,10 +23,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from samdemo.prompts import PROMPT_TYPES  # noqa: E402
+
 MODELS = ("sam-small", "sam2-small")
 DEFENSE_SUFFIXES = ("adapter", "adapter-neck", "adapter-lora-r1", "adapter-full")
 BEGIN, END = "<!-- GENERATED: scripts/make_results.py -->", "<!-- END GENERATED -->"
-TYPES = ("point", "box", "mask")
 DEFAULT_OUT = ROOT / "docs" / "results"
 
 
@@ -72,13 +75,13 @@ def row_label(r: dict) -> str:
 def attack_table(records: list[dict]) -> list[str]:
     """White-box attacks on the original model: attacked mIoU (GT) and ASR per evaluation type."""
     base = pick(records, defense="none")
-    lines = ["| attack (crafted with) | " + " | ".join(f"{t}: mIoU / ASR" for t in TYPES) + " |",
-             "| --- |" + " --- |" * len(TYPES)]
-    clean = {t: pick(base, evaluated_with=t)[0]["clean_miou_gt"] for t in TYPES}
-    lines.append("| clean | " + " | ".join(f"{fmt(clean[t])} / -" for t in TYPES) + " |")
+    lines = ["| attack (crafted with) | " + " | ".join(f"{t}: mIoU / ASR" for t in PROMPT_TYPES) + " |",
+             "| --- |" + " --- |" * len(PROMPT_TYPES)]
+    clean = {t: pick(base, evaluated_with=t)[0]["clean_miou_gt"] for t in PROMPT_TYPES}
+    lines.append("| clean | " + " | ".join(f"{fmt(clean[t])} / -" for t in PROMPT_TYPES) + " |")
     for label in dict.fromkeys(row_label(r) for r in base):
         cells = []
-        for t in TYPES:
+        for t in PROMPT_TYPES:
             r = next(r for r in base if row_label(r) == label and r["evaluated_with"] == t)
             cells.append(f"{fmt(r['miou_gt'])} / {fmt(r['asr'])}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -93,7 +96,7 @@ def defense_table(records: list[dict], model: str, adapters_dir: Path = ROOT / "
              "| --- | ---: | ---: | --- | --- | --- | --- | --- |"]
     for defense in dict.fromkeys(r["defense"] for r in records):
         rows = pick(records, defense=defense)
-        clean = " / ".join(fmt(pick(rows, evaluated_with=t)[0]["clean_miou_gt"]) for t in TYPES)
+        clean = " / ".join(fmt(pick(rows, evaluated_with=t)[0]["clean_miou_gt"]) for t in PROMPT_TYPES)
         config = adapters_dir / defense / "adapter_config.json"
         if defense == "none":
             size, minutes, modes = "0", "-", ("white-box", "white-box")

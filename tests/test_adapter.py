@@ -469,9 +469,11 @@ def test_train_adapter_cli_parses():
     configure_parser(parser)
     args = parser.parse_args(["--out", "x", "--eps", "4/255", "--attacks", "mask", "--steps", "5", "--svd-rank", "14"])
     assert args.eps == pytest.approx(4 / 255) and args.attacks == "mask" and args.steps == 5 and args.svd_rank == 14
-    assert parse_eps("0.03") == pytest.approx(0.03)
-    with pytest.raises(ValueError):
-        parse_eps("eight")
+    # 1/255 units, as `attack` and `evaluate` take it
+    assert parse_eps("8") == pytest.approx(8 / 255) and parse_eps("0") == 0
+    for bad in ("eight", "40", "-1", "nan", "1/0"):
+        with pytest.raises(ValueError, match="1/255 units"):
+            parse_eps(bad)
 
 
 def test_train_adapter_on_an_unlabelled_folder(tmp_path):

@@ -22,7 +22,7 @@ from samdemo import app_logic as L
 from samdemo.adapter import apply_adapter, remove_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, MODEL_REGISTRY, build_architecture
 from samdemo.engine import EmbeddingCache, SegmentEngine
-from samdemo.prompts import PromptError
+from samdemo.errors import PromptError
 
 TINY = {"sam-small": ("sam_tiny_test.yaml", "sam"), "sam2-small": ("sam2_tiny_test.yaml", "sam2")}
 

@@ -36,7 +36,8 @@ def test_unknown_model_names_list_the_known_ones():
 
 def test_offline_and_not_cached_gives_one_clear_error(tmp_path):
     code = textwrap.dedent("""
-        from samdemo.build import load_model, ModelUnavailableError
+        from samdemo.build import load_model
+        from samdemo.errors import ModelUnavailableError
         try:
             load_model("sam-vit-b")
         except ModelUnavailableError as error:

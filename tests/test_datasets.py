@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from samdemo.datasets import DatasetError, bound_size, open_dataset
+from samdemo.datasets import bound_size, open_dataset
+from samdemo.errors import DatasetError
 from samdemo.scenes import TEST_SEED_START, VALIDATION_SEED_START, make_scene
 
 H, W = 16, 20

@@ -7,7 +7,8 @@ from segment_anything import SamPredictor
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from samdemo.engine import EmbeddingCache, SegmentEngine, image_to_tensor
-from samdemo.prompts import Prompt, PromptError, box_prompt, mask_prompt, point_prompt, prompts_from_mask
+from samdemo.prompts import Prompt, box_prompt, mask_prompt, point_prompt, prompts_from_mask
+from samdemo.errors import PromptError
 from tests.conftest import tiny_engine
 
 

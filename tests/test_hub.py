@@ -19,7 +19,8 @@ import torch
 
 from benchmarks._common import free_port
 from tests.hub_server import DEFAULT_TOKEN, FakeHub
-from samdemo.adapter import AdapterError, apply_adapter, save_adapter
+from samdemo.adapter import apply_adapter, save_adapter
+from samdemo.errors import AdapterError
 from samdemo.build import CONFIG_DIR, build_architecture
 from samdemo.engine import SegmentEngine
 
@@ -46,7 +47,7 @@ COMMON = textwrap.dedent("""
 """)
 
 DOWNLOAD = COMMON + textwrap.dedent("""
-    from samdemo.adapter import AdapterError
+    from samdemo.errors import AdapterError
     from samdemo.hub import load_adapter, push_adapter, resolve_adapter
     reference, commit = torch.load(sys.argv[1]), sys.argv[2]
     for revision in ("v1", commit):
@@ -68,7 +69,7 @@ DOWNLOAD = COMMON + textwrap.dedent("""
 """)
 
 OFFLINE = COMMON + textwrap.dedent("""
-    from samdemo.adapter import AdapterError
+    from samdemo.errors import AdapterError
     from samdemo.hub import load_adapter
     e = engine()
     load_adapter(e, "tester/tiny-robust-sam", revision="v1")
@@ -87,7 +88,7 @@ OFFLINE = COMMON + textwrap.dedent("""
 
 UNREACHABLE = textwrap.dedent("""
     import time
-    from samdemo.adapter import AdapterError
+    from samdemo.errors import AdapterError
     from samdemo.hub import resolve_adapter
     start = time.perf_counter()
     try:

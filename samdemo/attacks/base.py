@@ -26,18 +26,16 @@ import torch.nn.functional as F
 
 from samdemo.attacks.generators import NoiseGenerator, make_generator, project, segpgd_weights
 from samdemo.engine import SegmentEngine
+from samdemo.errors import AttackCancelled
 from samdemo.prompts import Prompt
 
+EPS_MAX_255 = 32  # the L-inf threat model, in 1/255 units: every interface takes epsilon in these units
+EPS_MAX = EPS_MAX_255 / 255  # ... and the attacks in pixel units ([0, 1] images)
 DEFAULT_EPS = 8 / 255
-EPS_MAX = 32 / 255
 DEFAULT_STEPS = 10
 MAX_STEPS = 1000
 
 ProgressFn = Callable[[int, int], None]
-
-
-class AttackCancelled(RuntimeError):
-    """Raised by :meth:`Attack.forward` when its ``cancel`` event is set; nothing is returned."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,6 +51,17 @@ def validate_eps(eps) -> float:
         raise ValueError(f"eps must be between 0 and 32/255 = {EPS_MAX:.4f} (pixel units in [0, 1]); "
                          f"got {eps:g}.{hint}")
     return min(eps, EPS_MAX)
+
+
+def eps_from_255(value) -> float:
+    """An epsilon given in 1/255 units (CLI, app) -> pixel units, checked against the threat model."""
+    try:
+        eps255 = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"epsilon is in 1/255 units (e.g. 8); got {value!r}.") from None
+    if not math.isfinite(eps255) or not 0 <= eps255 <= EPS_MAX_255:
+        raise ValueError(f"epsilon is in 1/255 units and must be between 0 and {EPS_MAX_255}; got {eps255:g}.")
+    return validate_eps(min(eps255 / 255, EPS_MAX))
 
 
 def validate_steps(steps) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samdemo.attacks.base import DEFAULT_STEPS, EPS_MAX
+from samdemo.attacks.base import DEFAULT_STEPS, EPS_MAX_255, eps_from_255
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", type=Path, required=True, help="input image (PNG/JPEG, RGB)")
     parser.add_argument("--out", type=Path, required=True, help="adversarial image, .png (lossless)")
     parser.add_argument("--attack", default="cross-prompt", choices=list(ATTACKS))
-    parser.add_argument("--eps", type=float, default=8.0, help="L-inf bound in 1/255 units (0..32), default 8")
+    parser.add_argument("--eps", type=float, default=8.0, help=f"L-inf bound in 1/255 units (0..{EPS_MAX_255}), default 8")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="iterations (1..1000), default 10")
     parser.add_argument("--step-size", type=float, default=None, help="1/255 units; default 2.5 * eps / steps")
     parser.add_argument("--generator", default="pgd", choices=list(GENERATORS))
@@ -86,7 +86,7 @@ def user_prompts(args, hw: tuple[int, int], scale: float = 1.0):
 
 
 def run(args) -> int:
-    from samdemo.attacks import make_attack, validate_eps
+    from samdemo.attacks import make_attack
     from samdemo.attacks.transfer import object_prompts
     from samdemo.engine import image_to_tensor
     from samdemo.limits import is_out_of_memory, out_of_memory_message
@@ -95,9 +95,7 @@ def run(args) -> int:
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file (lossless); got {args.out.name!r}.")
-    if not 0 <= args.eps <= 32:
-        raise ValueError(f"--eps is in 1/255 units and must be between 0 and 32; got {args.eps:g}.")
-    eps = validate_eps(min(args.eps / 255, EPS_MAX))
+    eps = eps_from_255(args.eps)
     step_size = None if args.step_size is None else args.step_size / 255
     image, shown_hw = read_image(args.image)
     h, w = image.shape[:2]

@@ -40,9 +40,8 @@ import torch
 from samdemo.attacks.base import (DEFAULT_EPS, DEFAULT_STEPS, Attack, StepInfo, background_bce,
                                   feature_distance)
 from samdemo.engine import ImageFeatures, SegmentEngine
-from samdemo.prompts import Prompt, box_prompt, mask_prompt, point_prompt
+from samdemo.prompts import PROMPT_TYPES, Prompt, box_prompt, mask_prompt, point_prompt
 
-PROMPT_TYPES = ("point", "box", "mask")
 
 
 # ---------------------------------------------------------------------------------------------
