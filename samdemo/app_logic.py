@@ -1154,7 +1154,8 @@ class Lab:
             engine = self.manager.engine(model)
             n_params = sum(p.numel() for p in engine.model.parameters())
             info = (f"**{model}**: {spec.description}; {n_params / 1e6:.1f} M parameters, {engine.image_size} px input, "
-                    f"on {engine.device.type.upper()} (ready in {time.perf_counter() - t0:.1f} s).")
+                    f"on {engine.device.type.upper()} (ready in {time.perf_counter() - t0:.1f} s). "
+                    f"**What it is good at**: {spec.suited_for}.")
             if engine.device.type == "cpu" and spec.hub is not None:
                 info += " Full-size models are slow on a CPU: an attack step can take many seconds."
         except Exception as error:

@@ -46,6 +46,20 @@ class ModelSpec:
     download_mb: int  # approximate size of the weights, shown in the UI
     description: str
 
+    @property
+    def embedded(self) -> bool:
+        """One of the small models trained by samdemo (no download, synthetic training data)."""
+        return self.hub is None
+
+    @property
+    def suited_for(self) -> str:
+        """What images the model segments well, in a user's words (shown by the app)."""
+        if self.embedded:
+            return ("good at simple synthetic scenes like the bundled scene examples (shapes on plain, textured or "
+                    "photo backgrounds, 256 px); it has never seen a photograph, so on photos expect rough, partial "
+                    "or empty masks")
+        return "trained by Meta on 11 M photographs (SA-1B): good at photos and most natural images"
+
 
 def _sam2_config(name: str) -> Path:
     import sam2

@@ -242,6 +242,7 @@ def test_unknown_model_gives_a_readable_message(lab):
 def test_shipped_adapter_loads_on_a_copy(lab):
     info, adapter_md, figure = lab.on_model("sam-small", "shipped", "", "")
     assert "M parameters" in info
+    assert "never seen a photograph" in info  # the app says plainly what the embedded models are good at
     robust = lab.manager.robust("sam-small", L.AdapterChoice())
     original = lab.manager.engine("sam-small")
     assert robust.engine.model is not original.model and robust.engine.adapter_tag and not original.adapter_tag
