@@ -235,7 +235,7 @@ def add_click(session: Session, mode: str, x: float, y: float) -> str:
         return "Box set" + (" (it replaces the previous box)." if state.box is not None else ".")
     if mode == MODE_MASK:
         raise UserError("In mask mode, paint in the 'Paint a mask' tab and press 'Use as mask prompt'.")
-    raise UserError(f"Unknown prompt mode {mode!r}.")
+    raise UserError(f"Unknown prompt mode {limits.quoted(mode)}.")
 
 
 def _coordinate(value) -> float:
@@ -244,7 +244,7 @@ def _coordinate(value) -> float:
     except (TypeError, ValueError):
         number = float("nan")
     if not np.isfinite(number):
-        raise UserError(f"A click needs two finite pixel coordinates (got {value!r}).")
+        raise UserError(f"A click needs two finite pixel coordinates (got {limits.quoted(value)}).")
     return number
 
 
@@ -446,14 +446,14 @@ class AdapterChoice:
     def parse(cls, kind: str | None, repo_id: str | None = "", revision: str | None = "") -> "AdapterChoice":
         kind = (kind or ADAPTER_NONE).strip().lower()
         if kind not in (ADAPTER_SHIPPED, ADAPTER_HUB, ADAPTER_NONE):
-            raise UserError(f"Unknown adapter choice {kind!r}.")
+            raise UserError(f"Unknown adapter choice {limits.quoted(kind)}.")
         if kind != ADAPTER_HUB:
             return cls(kind)
         repo_id, revision = (repo_id or "").strip(), (revision or "").strip()
-        if not HUB_REPO_RE.match(repo_id) or ".." in repo_id:
-            raise UserError(f"{repo_id!r} is not a Hugging Face Hub repo id: write it as owner/name.")
+        if not HUB_REPO_RE.match(repo_id) or not _valid_hub_repo_id(repo_id):
+            raise UserError(f"{limits.quoted(repo_id)} is not a Hugging Face Hub repo id: write it as owner/name.")
         if revision and (not HUB_REVISION_RE.match(revision) or ".." in revision):
-            raise UserError(f"{revision!r} is not a valid revision (a branch, tag or commit hash).")
+            raise UserError(f"{limits.quoted(revision)} is not a valid revision (a branch, tag or commit hash).")
         return cls(kind, repo_id, revision)
 
     @property
@@ -469,6 +469,17 @@ class RobustModel:
     adapter: object  # the samdemo.adapter object (for its plot and parameter count)
     trainable: int | None
     source: str
+
+
+def _valid_hub_repo_id(repo_id: str) -> bool:
+    """The Hub's own rules (huggingface_hub.utils.validate_repo_id: no '--' or '..', no trailing '.', ...)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -585,7 +596,7 @@ def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path
             from samdemo import hub
 
             if Path(choice.repo_id).expanduser().exists():  # hub.resolve_adapter also takes local folders
-                raise UserError(f"{choice.repo_id!r} names a local path; the app loads adapters only from the Hub "
+                raise UserError(f"{limits.quoted(choice.repo_id)} names a local path; the app loads adapters only from the Hub "
                                 "(or the shipped one).")
             try:  # hub.py bounds the wait (Hub timeout, cached copy) and the size; its messages name the repo
                 folder = hub.resolve_adapter(choice.repo_id, revision=choice.revision or None)
@@ -642,11 +653,11 @@ class AttackSettings:
         from samdemo.attacks import ATTACKS
 
         if self.attack not in ATTACKS:
-            raise UserError(f"Unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}.")
+            raise UserError(f"Unknown attack {limits.quoted(self.attack)}; choose one of {', '.join(ATTACKS)}.")
         if self.generator not in dict((v, k) for k, v in GENERATOR_CHOICES):
-            raise UserError(f"Unknown generator {self.generator!r}.")
+            raise UserError(f"Unknown generator {limits.quoted(self.generator)}.")
         if self.target not in (TARGET_ORIGINAL, TARGET_ROBUST):
-            raise UserError(f"Unknown target {self.target!r}.")
+            raise UserError(f"Unknown target {limits.quoted(self.target)}.")
         self.eps255 = limits.check_eps255(self.eps255)
         self.steps = limits.check_steps(self.steps)
         self.seed = limits.check_seed(self.seed)
@@ -858,9 +869,13 @@ def load_examples(folder: Path = ASSETS_DIR) -> list[Example]:
 
 def read_example(examples: Sequence[Example], index) -> tuple[np.ndarray, str]:
     try:
-        example = examples[int(index)]
-    except (TypeError, ValueError, IndexError):
-        raise UserError("Pick one of the example images.") from None
+        number = float(index)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number == int(number) and 0 <= number < len(examples)):
+        raise UserError(f"Pick one of the example images (an index from 0 to {len(examples) - 1}; "
+                        f"got {limits.quoted(index)}).")
+    example = examples[int(number)]
     bgr = cv2.imread(str(example.path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise UserError(f"Example {example.path.name} cannot be read.")
@@ -1069,7 +1084,11 @@ class Lab:
         session_image = session.image if session is not None else None
         if session_image is None:
             raise gr.Error("Upload or paste an image first, or pick one of the examples.", print_exception=False)
-        x, y = to_image_frame(index[0], index[1], session_image.shape[:2])
+        try:
+            px, py = _coordinate(index[0]), _coordinate(index[1])
+        except UserError as error:
+            raise self._error(error) from None
+        x, y = to_image_frame(px, py, session_image.shape[:2])
         return self.on_click(session, mode, model, x, y)
 
     def on_click(self, session, mode, model, x, y):

@@ -205,13 +205,22 @@ def _resized_note(before: tuple[int, int], after: tuple[int, int], max_side: int
 # Attack settings
 # ---------------------------------------------------------------------------------------------
 
+QUOTE_CHARS = 60  # user text quoted back in a message is cut to this many characters
+
+
+def quoted(value, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message repeats what the user sent, not all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _number(value, what: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number (got {value!r}).") from None
+        raise UserError(f"{what} must be a number (got {quoted(value)}).") from None
     if not math.isfinite(number):
-        raise UserError(f"{what} must be a finite number (got {value!r}).")
+        raise UserError(f"{what} must be a finite number (got {quoted(value)}).")
     return number
 
 
@@ -226,7 +235,7 @@ def _whole(value, what: str, low: int, high: int, env: str = "") -> int:
     number = _number(value, what)
     if number != int(number) or not low <= number <= high:
         limit = f" ({env})" if env else ""
-        raise UserError(f"{what} must be a whole number from {low} to {high}{limit} (got {value!r}).")
+        raise UserError(f"{what} must be a whole number from {low} to {high}{limit} (got {quoted(value)}).")
     return int(number)
 
 

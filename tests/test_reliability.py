@@ -42,6 +42,7 @@ from samdemo import build, limits
 from samdemo.adapter import apply_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, build_architecture
 from samdemo.engine import EmbeddingCache, SegmentEngine
+from samdemo.errors import UserError
 from tests.test_app_client import client, free_port, url  # noqa: F401  (the app served with the tiny engines)
 from tests.test_app_logic import adapter_root, lab, scene_session, tiny_engine  # noqa: F401
 
@@ -242,11 +243,28 @@ def test_clicks_outside_the_image_are_refused(lab, x, y, message):
     assert_lab_serves(lab)
 
 
-@pytest.mark.parametrize("index", [None, float("nan"), -100, 10**9, "../../etc/passwd"])
+@pytest.mark.parametrize("index", [None, float("nan"), -100, -1, 1.5, 10**9, "../../etc/passwd", "x" * 10**6])
 def test_bad_example_numbers_are_refused(lab, index):
-    with pytest.raises(gr.Error, match="Pick one of the example images"):
+    with pytest.raises(gr.Error, match="Pick one of the example images") as refused:
         lab.on_example_index(L.Session(), "sam-small", index)
+    assert len(str(refused.value)) < 300  # what the user sent is quoted, cut to a readable length
     assert_lab_serves(lab)
+
+
+@pytest.mark.parametrize("index", [(float("inf"), 3), (5, float("nan")), ("x", 1)])
+def test_canvas_clicks_need_finite_coordinates_like_the_api(lab, index):
+    session = scene_session(lab, 0)
+    event = type("Select", (), {"index": list(index)})()
+    with pytest.raises(gr.Error, match="finite"):
+        lab.on_select(session, L.MODE_POSITIVE, "sam-small", event)
+    assert session.prompts.is_empty
+
+
+@pytest.mark.parametrize("repo", ["owner/name.", "owner/na--me", "owner/name..x", "a" * 10**6 + "/b"])
+def test_hub_repo_ids_follow_the_hubs_rules_and_are_not_echoed_whole(repo):
+    with pytest.raises(UserError, match="not a Hugging Face Hub repo id") as refused:
+        L.AdapterChoice.parse("hub", repo, "")
+    assert len(str(refused.value)) < 300
 
 
 def test_zero_area_and_inverted_boxes(lab):
