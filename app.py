@@ -26,13 +26,13 @@ HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 1}  # attacks, transfer
 # (so quick successive clicks are all kept); they take milliseconds once the image is embedded.
 LIGHT = {"concurrency_id": "light", "concurrency_limit": 1}
 # Gradio refuses larger uploads before they reach a handler (samdemo/limits.py has the others).
-LAUNCH_LIMITS = {"max_file_size": limits.max_upload_bytes()}
+LAUNCH_LIMITS = {"max_file_size": limits.max_upload_bytes(), "state_session_capacity": limits.MAX_SESSIONS}
 
 
 def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> gr.Blocks:
     lab = lab or L.Lab()
     with gr.Blocks(title="samdemo · adversarial SAM lab", delete_cache=(1800, 3600)) as demo:
-        session = gr.State(L.Session(), time_to_live=6 * 3600)  # per user; dropped after 6 idle hours
+        session = gr.State(L.Session(), time_to_live=limits.SESSION_IDLE_S)  # per user; dropped when idle
         gr.Markdown(L.INTRO_MD)
         with gr.Row():
             # ------------------------------------------------------------ image and prompts

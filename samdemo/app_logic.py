@@ -197,10 +197,20 @@ class Session:
         return self.image
 
     def push(self, new: PromptState) -> None:
+        """Make ``new`` the current prompts, keeping the old ones for undo within the session's bounds
+        (``limits.UNDO_STEPS`` entries, ``limits.SESSION_MB`` of painted masks): oldest dropped first."""
         self.history.append(self.prompts)
-        del self.history[:-100]
+        del self.history[:-limits.UNDO_STEPS]
         self.prompts = new
         self.clean_mask = None
+        while self.history and self.painted_bytes() > limits.SESSION_MB * 2**20:
+            del self.history[0]
+
+    def painted_bytes(self) -> int:
+        """Bytes of the painted masks this session holds (an array shared by several states counts once)."""
+        arrays = {id(a): a for state in (self.prompts, *self.history) for a in (state.mask, state.ground_truth)
+                  if a is not None}
+        return sum(a.nbytes for a in arrays.values())
 
 
 def set_image(session: Session, image, name: str = "upload") -> str:

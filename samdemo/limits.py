@@ -58,6 +58,12 @@ HUB_TIMEOUT_S: float = _env("SAMDEMO_HUB_TIMEOUT", 10.0)
 MAX_ADAPTER_MB: float = _env("SAMDEMO_MAX_ADAPTER_MB", 20.0)  # adapters hold thousands of numbers: kilobytes
 QUEUE_SIZE: int = _env("SAMDEMO_QUEUE_SIZE", 64, int)
 EMBEDDING_CACHE_MB: float = _env("SAMDEMO_EMBEDDING_CACHE_MB", 256.0)  # the app's main memory after the models
+# What one browser session may hold, and how many sessions the server keeps: painted masks are
+# full-resolution arrays (1 MiB at 1024 px) kept for undo.
+UNDO_STEPS: int = _env("SAMDEMO_UNDO_STEPS", 30, int)
+SESSION_MB: float = _env("SAMDEMO_SESSION_MB", 8.0)  # painted masks in a session's prompts and undo history
+SESSION_IDLE_S: float = _env("SAMDEMO_SESSION_IDLE_S", 3600.0)  # a session unused this long is dropped
+MAX_SESSIONS: int = _env("SAMDEMO_MAX_SESSIONS", 100, int)  # beyond it, the least recent sessions are dropped
 
 # Pillow decodes many formats; these are the ones an image upload needs. The others stay closed:
 # EPS, for one, is rendered by running Ghostscript. (Phones' multi-picture JPEGs open as JPEG.)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 import os
 import platform
 import re
@@ -338,6 +339,23 @@ def test_time_limit_stops_a_long_attack(lab, monkeypatch):
     assert_lab_attacks(lab)
 
 
+def test_a_session_holds_bounded_memory(monkeypatch):
+    """Painted masks kept for undo: at most UNDO_STEPS states and SESSION_MB of masks, oldest dropped."""
+    monkeypatch.setattr(limits, "SESSION_MB", 3.0)
+    monkeypatch.setattr(limits, "UNDO_STEPS", 5)
+    session = L.Session(image=np.zeros((1024, 1024, 3), np.uint8))
+    for i in range(40):  # 40 paints of a fresh 1 MiB mask each
+        mask = np.zeros((1024, 1024), bool)
+        mask[i:i + 100, :100] = True
+        session.push(L.PromptState(mask=mask))
+        assert session.painted_bytes() <= 3 * 2**20 and len(session.history) <= 5
+    assert session.prompts.mask[39, 0] and len(session.history) >= 1  # the latest paint is kept, undo still works
+    shared = session.prompts.mask
+    for _ in range(4):  # clicks after a paint keep the same mask object: it counts once
+        session.push(replace(session.prompts, points=session.prompts.points + ((5.0, 5.0, 1),)))
+    assert session.painted_bytes() <= 3 * 2**20 and session.prompts.mask is shared
+
+
 def test_limits_from_the_environment(monkeypatch):
     monkeypatch.setenv("SAMDEMO_TEST_LIMIT", "2.5e6")
     assert limits._env("SAMDEMO_TEST_LIMIT", 1, int) == 2_500_000
@@ -348,6 +366,7 @@ def test_limits_from_the_environment(monkeypatch):
         with pytest.raises(ValueError, match="SAMDEMO_TEST_LIMIT"):
             limits._env("SAMDEMO_TEST_LIMIT", 1.0)
     assert app.LAUNCH_LIMITS["max_file_size"] == limits.max_upload_bytes()
+    assert app.LAUNCH_LIMITS["state_session_capacity"] == limits.MAX_SESSIONS  # Gradio drops the oldest beyond
     if platform.libc_ver()[0] == "glibc":  # the app caps malloc arenas (benchmarks/soak.py says why)
         monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
         assert limits.limit_malloc_arenas() is True
