@@ -148,10 +148,10 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
 
         attack_inputs = [session, *model_inputs, attack, generator, eps, steps, seed, target]
         attack_event = run_btn.click(
-            lab.on_attack, attack_inputs,
+            lab.attack_request, attack_inputs,
             [orig_clean, orig_adv, rob_clean, rob_adv, table, perturbation, perturbation_caption, adv_file, timings],
             api_name="attack", scroll_to_output=True, **HEAVY)
-        transfer_event = transfer_btn.click(lab.on_transfer, attack_inputs, [transfer_plot, transfer_md],
+        transfer_event = transfer_btn.click(lab.transfer_request, attack_inputs, [transfer_plot, transfer_md],
                                             api_name="transfer", **HEAVY)
         cancel_btn.click(lab.on_cancel, None, timings, api_name="cancel", queue=False,
                          cancels=[attack_event, transfer_event])

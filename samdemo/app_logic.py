@@ -26,6 +26,7 @@ import io
 import logging
 import re
 import tempfile
+import asyncio
 import threading
 import time
 import uuid
@@ -1272,6 +1273,30 @@ class Lab:
     def _empty_results(self, message: str):
         """Leave the previous results in place (gr.skip) and say why."""
         return (*[gr.skip() for _ in PANEL_KEYS], gr.skip(), gr.skip(), gr.skip(), gr.skip(), message)
+
+    async def _until_stopped(self, handler, inputs: tuple, request, progress):
+        """Run a heavy handler in a worker thread. When Gradio ends the request early (its own cancel,
+        e.g. ``gradio_client``'s ``job.cancel()``), set the session's cancel event and wait for the thread
+        to stop before returning: Gradio frees the one-attack-at-a-time lane only when this returns."""
+        work = asyncio.ensure_future(asyncio.to_thread(handler, *inputs, request, progress))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self.on_cancel(request)
+            await asyncio.gather(work, return_exceptions=True)  # stops within one attack step
+            raise
+
+    async def attack_request(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed,
+                             target, request: gr.Request = None, progress=gr.Progress()):
+        """:meth:`on_attack` as the app serves it (stops its work when the request is cancelled)."""
+        return await self._until_stopped(self.on_attack, (session, model, kind, repo_id, revision, attack, generator,
+                                                          eps255, steps, seed, target), request, progress)
+
+    async def transfer_request(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed,
+                               target, request: gr.Request = None, progress=gr.Progress()):
+        """:meth:`on_transfer` as the app serves it (stops its work when the request is cancelled)."""
+        return await self._until_stopped(self.on_transfer, (session, model, kind, repo_id, revision, attack,
+                                                            generator, eps255, steps, seed, target), request, progress)
 
     def on_transfer(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
                     request: gr.Request = None, progress=gr.Progress()):

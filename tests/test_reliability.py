@@ -669,6 +669,50 @@ def test_client_out_of_memory_and_time_limit(client, monkeypatch):  # noqa: F811
     assert "Timings" in outputs[-1]
 
 
+def test_gradio_cancel_stops_the_attack_before_the_lane_frees(client, monkeypatch):  # noqa: F811
+    """gradio_client's job.cancel() (Gradio's own cancel, not the app's button): the attack thread sees
+    its cancel event and stops, and the next attack starts only after it stopped (one at a time)."""
+    import time
+
+    from samdemo.errors import AttackCancelled
+
+    events = []
+
+    def slow_attack(*args, **kwargs):  # run_attack(manager, model, choice, image, prompts, settings, progress, cancel)
+        cancel = args[7]
+        events.append(("start", time.monotonic()))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if cancel.is_set():
+                events.append(("stopped", time.monotonic()))
+                raise AttackCancelled()
+            time.sleep(0.01)
+        events.append(("ran on", time.monotonic()))
+        raise AttackCancelled()
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(events) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    monkeypatch.setattr(L, "run_attack", slow_attack)  # the server runs in this process
+    client.predict("sam-small", 0, api_name="/load_example")
+    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    settings = ("sam-small", "none", "", "", "mask", "pgd", 8, 2, 0, "original")
+    first = client.submit(*settings, api_name="/attack")
+    wait_for(1)
+    first.cancel()
+    second = client.submit(*settings, api_name="/attack")
+    wait_for(3)
+    assert [kind for kind, _ in events[:3]] == ["start", "stopped", "start"], events
+    assert events[2][1] >= events[1][1]  # the second attack waited for the first to stop
+    second.cancel()
+    wait_for(4)
+    assert events[3][0] == "stopped"
+    monkeypatch.undo()
+    assert_client_serves(client)
+
+
 def test_raw_api_cannot_read_server_files(url, tmp_path):  # noqa: F811
     """The HTTP API with a file path the client did not upload: Gradio refuses it before the handler."""
     secret = tmp_path / "secret.png"
