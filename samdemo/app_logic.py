@@ -910,17 +910,34 @@ except ImportError:  # anywhere else: no-op
 EXPECTED_ERRORS = (UserError, PromptError, ModelUnavailableError)
 
 
+# An absolute path: a slash not preceded by a word character, ':' or '/' (so not "owner/name", "8/255"
+# or a URL), then path characters.
+_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"`,;:()<>\[\]]+/)*[^\s'\"`,;:()<>\[\]]*")
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part: a message never tells a visitor where the
+    server keeps its files (checkpoints, the Hub cache, uploads), nor whether a file exists there."""
+    return _SERVER_PATH.sub(lambda match: Path(match.group(0)).name or "(a server folder)", text)
+
+
 def error_message(error: Exception) -> str:
     """What the user reads about ``error`` (call it in the ``except`` block): expected problems as they are,
-    running out of memory with what to change, anything else logged with its traceback."""
+    running out of memory with what to change, anything else logged with its traceback. Server paths are
+    cut from what the user reads (the log keeps them)."""
     if isinstance(error, EXPECTED_ERRORS):
-        return str(error)
-    if limits.is_out_of_memory(error):
+        message = str(error)
+    elif limits.is_out_of_memory(error):
         log.warning("out of memory: %s", error)
-        return limits.out_of_memory_message(error) + " The app is still running."
-    log.exception("unexpected error in a handler")
-    return (f"Something went wrong ({type(error).__name__}: {error}). The app is still running: try again, or with "
-            "another image or model.")
+        message = limits.out_of_memory_message(error) + " The app is still running."
+    else:
+        log.exception("unexpected error in a handler")
+        message = (f"Something went wrong ({type(error).__name__}: {error}). The app is still running: try again, "
+                   "or with another image or model.")
+    public = without_server_paths(message)
+    if public != message:
+        log.info("told the user (paths cut): %s", message)
+    return public
 
 
 def _copy(session: Session | None) -> Session:

@@ -713,6 +713,28 @@ def test_gradio_cancel_stops_the_attack_before_the_lane_frees(client, monkeypatc
     assert_client_serves(client)
 
 
+def test_messages_never_show_server_paths(url):  # noqa: F811
+    """A file or folder inside Gradio's upload directory passes Gradio's own check: the app's message says
+    what is wrong without the server's path (nor whether something exists there); nor do model messages."""
+    import tempfile
+
+    upload_dir = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=upload_dir))
+    for path in (folder / "missing.png", folder):
+        body = json.dumps({"data": [{"path": str(path), "meta": {"_type": "gradio.FileData"}}, "sam-small"]}).encode()
+        request = urllib.request.Request(f"{url}gradio_api/call/set_image", data=body,
+                                         headers={"Content-Type": "application/json"})
+        event_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["event_id"]
+        stream = urllib.request.urlopen(f"{url}gradio_api/call/set_image/{event_id}", timeout=60).read().decode()
+        assert "event: error" in stream and str(upload_dir) not in stream and str(folder) not in stream, stream[:500]
+    error = build.ModelUnavailableError(f"Model 'x': put the file at {build.CHECKPOINT_DIR / 'x.pt'} or "
+                                        f"{Path.home() / '.cache/huggingface/hub'}; see https://huggingface.co/a/b")
+    message = L.error_message(error)
+    assert str(build.CHECKPOINT_DIR) not in message and str(Path.home()) not in message
+    assert "x.pt" in message and "https://huggingface.co/a/b" in message
+
+
 def test_raw_api_cannot_read_server_files(url, tmp_path):  # noqa: F811
     """The HTTP API with a file path the client did not upload: Gradio refuses it before the handler."""
     secret = tmp_path / "secret.png"
