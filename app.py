@@ -15,6 +15,7 @@ import gradio as gr  # noqa: E402
 
 from samdemo import app_logic as L  # noqa: E402
 from samdemo import limits  # noqa: E402
+from samdemo.app_components import NumberInput, SliderInput  # noqa: E402
 from samdemo.build import DEFAULT_MODEL  # noqa: E402
 
 CSS = """
@@ -79,11 +80,11 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                     attack = gr.Dropdown(L.ATTACK_CHOICES, value="mask", label="Attack", elem_id="attack")
                     generator = gr.Radio(L.GENERATOR_CHOICES, value="pgd", label="Generator")
                     with gr.Row():
-                        eps = gr.Slider(1, limits.MAX_EPS255, value=8, step=1, label="ε (in /255)", elem_id="eps")
-                        steps = gr.Slider(1, limits.MAX_STEPS, value=min(10, limits.MAX_STEPS), step=1,
+                        eps = SliderInput(1, limits.MAX_EPS255, value=8, step=1, label="ε (in /255)", elem_id="eps")
+                        steps = SliderInput(1, limits.MAX_STEPS, value=min(10, limits.MAX_STEPS), step=1,
                                           label="Steps", elem_id="steps")
                     with gr.Row():
-                        seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=limits.MAX_SEED)
+                        seed = NumberInput(0, precision=0, label="Seed", minimum=0, maximum=limits.MAX_SEED)
                         target = gr.Radio(L.TARGET_CHOICES, value=L.TARGET_ORIGINAL, label="Craft the attack on")
                     with gr.Row():
                         run_btn = gr.Button("Run attack", variant="primary", elem_id="run")
@@ -113,9 +114,9 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                 transfer_md = gr.Markdown(elem_id="transfer-md")
 
         # hidden inputs of API-only endpoints (clicks and examples by number)
-        api_x = gr.Number(visible=False)
-        api_y = gr.Number(visible=False)
-        api_index = gr.Number(visible=False, precision=0)
+        api_x = NumberInput(visible=False, label="x")
+        api_y = NumberInput(visible=False, label="y")
+        api_index = NumberInput(visible=False, label="The example index")
         api_click_btn = gr.Button(visible=False)
         api_example_btn = gr.Button(visible=False)
 

@@ -713,6 +713,29 @@ def test_gradio_cancel_stops_the_attack_before_the_lane_frees(client, monkeypatc
     assert_client_serves(client)
 
 
+def test_values_of_the_wrong_type_get_the_apps_message(client, url):  # noqa: F811
+    client.predict("sam-small", 0, api_name="/load_example")
+    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    attack = ("sam-small", "none", "", "", "mask", "pgd")
+    for eps, steps, seed, message in [("abc", 1, 0, "ε .* must be a number"), (8, "many", 0, "Steps must be a number"),
+                                      (8, 1, "x" * 10**5, "Seed must be a number")]:
+        with pytest.raises(AppError, match=message) as refused:
+            client.predict(*attack, eps, steps, seed, "original", api_name="/attack")
+        assert len(str(refused.value)) < 400
+    outputs = client.predict(*attack, 8, 1, "7", "original", api_name="/attack")  # a number as text: read as one
+    assert "Timings" in outputs[-1]
+    with pytest.raises(AppError, match="example index must be a number"):
+        client.predict("sam-small", "two", api_name="/load_example")
+    # NaN cannot be sent by gradio_client (JSON); the raw HTTP API can
+    body = b'{"data": ["sam-small", NaN]}'
+    request = urllib.request.Request(f"{url}gradio_api/call/load_example", data=body,
+                                     headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["event_id"]
+    stream = urllib.request.urlopen(f"{url}gradio_api/call/load_example/{event_id}", timeout=60).read().decode()
+    assert "event: error" in stream and "finite number" in stream, stream[:500]
+    assert_client_serves(client)
+
+
 def test_messages_never_show_server_paths(url):  # noqa: F811
     """A file or folder inside Gradio's upload directory passes Gradio's own check: the app's message says
     what is wrong without the server's path (nor whether something exists there); nor do model messages."""
