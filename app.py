@@ -17,6 +17,7 @@ from samdemo import app_logic as L  # noqa: E402
 from samdemo import limits  # noqa: E402
 from samdemo.app_components import NumberInput, SliderInput  # noqa: E402
 from samdemo.build import DEFAULT_MODEL  # noqa: E402
+from samdemo.errors import UserError  # noqa: E402
 
 CSS = """
 .panel img {object-fit: contain}
@@ -30,8 +31,10 @@ LIGHT = {"concurrency_id": "light", "concurrency_limit": 1}
 LAUNCH_LIMITS = {"max_file_size": limits.max_upload_bytes(), "state_session_capacity": limits.MAX_SESSIONS}
 
 
-def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> gr.Blocks:
+def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL,
+               default_adapter: L.AdapterChoice | None = None) -> gr.Blocks:
     lab = lab or L.Lab()
+    adapter_default = default_adapter or L.AdapterChoice()
     with gr.Blocks(title="samdemo · adversarial SAM lab", delete_cache=(1800, 3600)) as demo:
         session = gr.State(L.Session(), time_to_live=limits.SESSION_IDLE_S)  # per user; dropped when idle
         gr.Markdown(L.INTRO_MD)
@@ -67,17 +70,19 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL) -> 
                 model = gr.Dropdown(L.model_choices(), value=default_model, label="Model", elem_id="model")
                 model_info = gr.Markdown(elem_id="model-info")
                 with gr.Group():
-                    adapter_kind = gr.Radio(L.ADAPTER_CHOICES, value=L.ADAPTER_SHIPPED,
+                    adapter_kind = gr.Radio(L.ADAPTER_CHOICES, value=adapter_default.kind,
                                             label="Defense: robustness adapter (the robust model; shipped = singular values only)")
-                    with gr.Row(visible=False) as hub_row:
-                        hub_repo = gr.Textbox(label="Hub repo id", placeholder="owner/name", scale=3)
-                        hub_rev = gr.Textbox(label="Revision", placeholder="main or a commit hash", scale=2)
+                    with gr.Row(visible=adapter_default.kind == L.ADAPTER_HUB) as hub_row:
+                        hub_repo = gr.Textbox(adapter_default.repo_id, label="Hub repo id", placeholder="owner/name",
+                                              scale=3)
+                        hub_rev = gr.Textbox(adapter_default.revision, label="Revision",
+                                             placeholder="main or a commit hash", scale=2)
                         hub_btn = gr.Button("Load", scale=1)
                 adapter_info = gr.Markdown(elem_id="adapter-info")
                 with gr.Accordion("Adapter singular values", open=False):
                     sv_plot = gr.Plot(show_label=False)
                 with gr.Group():
-                    attack = gr.Dropdown(L.ATTACK_CHOICES, value="mask", label="Attack", elem_id="attack")
+                    attack = gr.Dropdown(L.ATTACK_CHOICES, value=L.DEFAULT_ATTACK, label="Attack", elem_id="attack")
                     generator = gr.Radio(L.GENERATOR_CHOICES, value="pgd", label="Generator")
                     with gr.Row():
                         eps = SliderInput(1, limits.MAX_EPS255, value=8, step=1, label="ε (in /255)", elem_id="eps")
@@ -166,8 +171,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "$GRADIO_SERVER_NAME, e.g. 0.0.0.0 on Hugging Face Spaces)")
     parser.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=L.APP_MODELS, help="model selected at start")
-    return parser.parse_args(argv)
+    parser.add_argument("--model", default=os.environ.get("SAMDEMO_MODEL") or DEFAULT_MODEL, choices=L.APP_MODELS,
+                        help="model selected at start (default: $SAMDEMO_MODEL, else %(default)s)")
+    parser.add_argument("--adapter-repo", default=os.environ.get("SAMDEMO_ADAPTER_REPO", ""),
+                        help="robust model at start: a Hub adapter owner/name[@revision] (default: "
+                             "$SAMDEMO_ADAPTER_REPO, else the shipped adapter)")
+    args = parser.parse_args(argv)
+    try:
+        args.adapter = L.AdapterChoice.from_spec(args.adapter_repo)
+    except UserError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv=None) -> None:
@@ -175,7 +189,7 @@ def main(argv=None) -> None:
     limits.limit_malloc_arenas()  # before the server's threads start: memory stays flat under load
     lab = L.Lab()
     lab.preload(args.model)
-    build_demo(lab, args.model).launch(server_name=args.host, server_port=args.port, share=args.share,
+    build_demo(lab, args.model, args.adapter).launch(server_name=args.host, server_port=args.port, share=args.share,
                                        theme=gr.themes.Soft(), css=CSS, **LAUNCH_LIMITS)
 
 

@@ -72,6 +72,7 @@ TARGET_CHOICES = [("original model → transfer to the robust one", TARGET_ORIGI
 ADAPTER_SHIPPED, ADAPTER_HUB, ADAPTER_NONE = "shipped", "hub", "none"
 ADAPTER_CHOICES = [("shipped with samdemo", ADAPTER_SHIPPED), ("from the Hugging Face Hub", ADAPTER_HUB),
                    ("none", ADAPTER_NONE)]
+DEFAULT_ATTACK = "cross-prompt"  # the mission's attack: crafted without the user's prompt
 TRANSFER_ROWS = 6  # cross-prompt, mask@point, mask@box, mask@mask, feature, random
 TABLE_HEADERS = ["model", "input", "IoU vs original clean", "IoU vs own clean", "IoU vs ground truth",
                  "attack success (own IoU < 0.5)", "predicted IoU"]
@@ -467,6 +468,15 @@ class AdapterChoice:
             raise UserError(f"{limits.quoted(revision)} is not a valid revision (a branch, tag or commit hash).")
         return cls(kind, repo_id, revision)
 
+    @classmethod
+    def from_spec(cls, spec: str) -> "AdapterChoice":
+        """``owner/name[@revision]`` (e.g. ``$SAMDEMO_ADAPTER_REPO``) -> a Hub choice; "" -> the shipped adapter."""
+        spec = (spec or "").strip()
+        if not spec:
+            return cls()
+        repo_id, _, revision = spec.partition("@")
+        return cls.parse(ADAPTER_HUB, repo_id, revision)
+
     @property
     def label(self) -> str:
         if self.kind == ADAPTER_HUB:
@@ -653,7 +663,7 @@ def clean_prediction(engine: SegmentEngine, image: np.ndarray, prompts: PromptSt
 
 @dataclass
 class AttackSettings:
-    attack: str = "mask"
+    attack: str = DEFAULT_ATTACK
     generator: str = "pgd"
     eps255: float = 8.0
     steps: int = 10

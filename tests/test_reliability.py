@@ -799,3 +799,22 @@ def test_soak_sessions_never_see_each_others_results(real_url, tmp_path, record_
     record_property("soak_seconds_per_round", seconds)
     print(f"soak: RSS per round {[round(v) for v in rss]} MB, seconds per round {seconds}")
     assert rss[2] - rss[1] < 300, rss  # the second round does not keep what the first allocated
+
+
+def test_space_settings_come_from_the_environment(monkeypatch, capsys):
+    """A Space picks its model and robust adapter with SAMDEMO_MODEL / SAMDEMO_ADAPTER_REPO, read at start."""
+    monkeypatch.setenv("SAMDEMO_MODEL", "sam2-small")
+    monkeypatch.setenv("SAMDEMO_ADAPTER_REPO", "owner/robust-sam@0123abc")
+    args = app.parse_args([])
+    assert args.model == "sam2-small"
+    assert args.adapter == L.AdapterChoice(L.ADAPTER_HUB, "owner/robust-sam", "0123abc")
+    monkeypatch.setenv("SAMDEMO_ADAPTER_REPO", "owner/name.")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "not a Hugging Face Hub repo id" in capsys.readouterr().err
+    monkeypatch.delenv("SAMDEMO_ADAPTER_REPO")
+    assert app.parse_args(["--model", "sam-small"]).adapter == L.AdapterChoice()  # the shipped adapter
+    demo = app.build_demo(L.Lab(), "sam2-small", L.AdapterChoice(L.ADAPTER_HUB, "owner/robust-sam", "v1"))
+    values = {getattr(block, "label", None): getattr(block, "value", None) for block in demo.blocks.values()}
+    assert values["Hub repo id"] == "owner/robust-sam" and values["Revision"] == "v1"
+    assert values["Attack"] == "cross-prompt"  # the mission's attack is the default
