@@ -34,11 +34,14 @@ def main(argv=None) -> int:
             for color, kind in enumerate(("box", "point", "point_best3", "mask")):
                 ax.plot(steps, [e[kind] for e in log["eval"]], marker="o", color=f"C{color}",
                         label=kind if i == 0 else None)
+            greys = [e for e in log["eval"] if "grey_box" in e]  # the same boxes on a uniform grey image
+            ax.plot([offset + e["step"] for e in greys], [e["grey_box"] for e in greys], marker="x", color="C0",
+                    linestyle="--", label="box on a grey image" if greys and i == len(phases) - 1 else None)
             if i:
                 ax.axvline(offset, color="grey", linestyle=":", label="continued (--init)" if i == 1 else None)
             offset += log["train"][-1][0] if log["train"] else 0
             seconds += log["seconds"]
-        ax.set_title(f"{path.parent.name}: held-out mIoU ({seconds / 60:.0f} min wall, 1 thread)")
+        ax.set_title(f"{path.parent.name}: validation mIoU ({seconds / 60:.0f} min wall)")
         ax.set_xlabel(f"step (batch {phases[-1]['config']['batch']} images)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)

@@ -258,6 +258,7 @@ def train_base(cfg: BaseTrainConfig, run_dir: Path, resume: bool = True) -> dict
             break
     bar.close()
     save()
+    distributed.barrier()  # process 0 may still be evaluating or writing: leave the group together
     distributed.teardown()
     return log
 
