@@ -7,9 +7,11 @@ Threat model: L-infinity on pixels in [0, 1]. An attack returns ``x_adv`` with
 8-bit input the bound holds exactly in the PNG's integers (|k_adv - k| <= floor(255 eps)).
 
 Every attack is a small subclass of :class:`Attack` that defines how to *prepare* (clean
-features, prompts, key channels...) and which scalar *loss* to maximise; :meth:`Attack.forward`
-runs the loop: random start, one encoder forward + backward per step, a noise-generator update
-(``generators.py``), projection, progress callback and cancellation check.
+features, prompts, key channels...) and which *loss* to maximise (one value per image);
+:meth:`Attack.forward` runs the loop: random start, one encoder forward + backward per step, a
+noise-generator update (``generators.py``, ``apgd.py``), projection, progress callback and
+cancellation check. It returns, per image, the *best* iterate (the highest loss seen, over all
+steps and all ``restarts`` random starts), not the last one (Croce & Hein 2020; Carlini et al. 2019).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ EPS_MAX = EPS_MAX_255 / 255  # ... and the attacks in pixel units ([0, 1] images
 DEFAULT_EPS = 8 / 255
 DEFAULT_STEPS = 10
 MAX_STEPS = 1000
+MAX_RESTARTS = 100
 
 ProgressFn = Callable[[int, int], None]
 
@@ -68,6 +71,13 @@ def validate_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= int(steps) <= MAX_STEPS:
         raise ValueError(f"steps must be an integer between 1 and {MAX_STEPS}; got {steps!r}.")
     return int(steps)
+
+
+def validate_restarts(restarts) -> int:
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) \
+            or not 1 <= int(restarts) <= MAX_RESTARTS:
+        raise ValueError(f"restarts must be an integer between 1 and {MAX_RESTARTS}; got {restarts!r}.")
+    return int(restarts)
 
 
 def validate_step_size(step_size, eps: float, steps: int) -> float:
@@ -219,13 +229,17 @@ def per_image_prompts(prompts, batch: int) -> list[list[Prompt]]:
 # the attack loop
 # ---------------------------------------------------------------------------------------------
 class Attack:
-    """Base class: ``Attack(engine, eps, steps, step_size, generator, random_start, seed)``.
+    """Base class: ``Attack(engine, eps, steps, step_size, generator, random_start, seed, progress,
+    cancel, restarts)``.
 
     ``forward(images, prompts=None) -> AttackResult`` (``attack(images)`` works too).
-    ``progress(t, T)`` is called after each step; ``cancel`` (a threading.Event) is checked
-    before each step and raises :class:`AttackCancelled`. Subclasses define :meth:`prepare`
-    (once per call, no gradient to the pixels) and :meth:`loss` (a scalar to *maximise*, the sum
-    over the batch so that every image gets its own gradient).
+    ``progress(t, T)`` is called after each step (T = steps x restarts); ``cancel`` (a
+    threading.Event) is checked before each step and raises :class:`AttackCancelled`. Subclasses
+    define :meth:`prepare` (once per call, no gradient to the pixels) and :meth:`loss` (B values to
+    *maximise*, one per image: their sum is differentiated, so every image gets its own gradient,
+    and the per-image values choose each image's best iterate). ``restarts``: independent random
+    starts (the first one at x itself when ``random_start`` is False); the best iterate over all of
+    them is returned.
     """
 
     name = "base"
@@ -234,14 +248,16 @@ class Attack:
     def __init__(self, engine: SegmentEngine, eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS,
                  step_size: float | None = None, generator: str | NoiseGenerator = "pgd",
                  random_start: bool = True, seed: int | torch.Generator | None = None,
-                 progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+                 progress: ProgressFn | None = None, cancel: threading.Event | None = None, restarts: int = 1):
         if not isinstance(engine, SegmentEngine):
             raise ValueError(f"engine must be a SegmentEngine; got {type(engine).__name__}.")
         self.engine = engine
         self.eps = validate_eps(eps)
         self.steps = validate_steps(steps)
-        self.step_size = validate_step_size(step_size, self.eps, self.steps)
         self.generator = make_generator(generator)
+        self.step_size = (self.generator.default_step_size(self.eps, self.steps) if step_size is None
+                          else validate_step_size(step_size, self.eps, self.steps))
+        self.restarts = validate_restarts(restarts)
         self.random_start = bool(random_start)
         if seed is not None and not isinstance(seed, torch.Generator):
             as_generator(seed)  # validate now rather than at the first forward
@@ -252,13 +268,14 @@ class Attack:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(engine={self.engine.name!r}, eps={self.eps * 255:g}/255, steps={self.steps}, "
                 f"step_size={self.step_size * 255:.3g}/255, generator={self.generator.name!r}, "
-                f"random_start={self.random_start})")
+                f"random_start={self.random_start}, restarts={self.restarts})")
 
     # -- to override ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor, prompts, rng: torch.Generator) -> dict:
         return {}
 
     def loss(self, adv: torch.Tensor, state: dict, step: StepInfo, rng: torch.Generator) -> torch.Tensor:
+        """B values to maximise, one per image of ``adv``."""
         raise NotImplementedError
 
     # -- the loop --------------------------------------------------------------------------------
@@ -266,10 +283,17 @@ class Attack:
         return self.forward(images, prompts)
 
     def schedule(self) -> tuple[int, float, bool]:
-        """(steps, step size, random start) actually run: FGSM is one step of size eps from x."""
+        """(steps, step size, random start) actually run per restart: FGSM is one step of size eps from x."""
         if self.generator.single_step:
             return 1, self.eps, self.random_start
         return self.steps, self.step_size, self.random_start
+
+    def _per_image_loss(self, adv: torch.Tensor, state: dict, step: StepInfo, rng: torch.Generator) -> torch.Tensor:
+        loss = self.loss(adv, state, step, rng)
+        if loss.ndim != 1 or len(loss) != len(adv):
+            raise RuntimeError(f"{type(self).__name__}.loss must return one value per image "
+                               f"({len(adv)}); got shape {tuple(loss.shape)}.")
+        return loss
 
     def forward(self, images: torch.Tensor, prompts=None) -> AttackResult:
         start = time.perf_counter()
@@ -277,29 +301,49 @@ class Attack:
         x = validate_images(images).to(self.engine.device)
         rng = as_generator(self.seed, "cpu")
         steps, step_size, random_start = self.schedule()
-        self._check_cancel(0, steps)
+        total = steps * self.restarts
+        self._check_cancel(0, total)
         with torch.no_grad():
             state = self.prepare(x, prompts, rng)
-        if random_start and self.eps > 0:
-            noise = torch.rand(x.shape, generator=rng, dtype=torch.float32).to(x.device)
-            delta = project((noise * 2 - 1) * self.eps, x, self.eps)
-        else:
-            delta = torch.zeros_like(x)
-        update = self.generator.start(x, self.eps, step_size, steps)
+        best_delta = torch.zeros_like(x)
+        best_loss = torch.full((len(x),), -math.inf, device=x.device)
+        best_step = torch.zeros(len(x), dtype=torch.long)
         losses: list[float] = []
-        for t in range(1, steps + 1):
-            self._check_cancel(t - 1, steps)
-            adv = (x + delta).detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = self.loss(adv, state, StepInfo(t, steps, self.generator.pixel_weighting), rng)
-                (grad,) = torch.autograd.grad(loss, adv)
-            losses.append(float(loss.detach()))
-            delta = project(update.step(delta, grad.detach(), t), x, self.eps)
-            if self.progress is not None:
-                self.progress(t, steps)
-        adv_images = quantize_project(x + delta, x, self.eps)
-        info = {"attack": self.name, "generator": self.generator.name, "steps_run": steps,
-                "step_size": step_size, "random_start": random_start} | state.get("info", {})
+
+        def keep_best(delta: torch.Tensor, loss: torch.Tensor, step_index: int) -> None:
+            nonlocal best_loss
+            better = loss.detach() > best_loss
+            best_loss = torch.where(better, loss.detach(), best_loss)
+            best_delta[better] = delta[better]
+            best_step[better.cpu()] = step_index
+
+        for restart in range(self.restarts):
+            if (random_start or restart > 0) and self.eps > 0:
+                noise = torch.rand(x.shape, generator=rng, dtype=torch.float32).to(x.device)
+                delta = project((noise * 2 - 1) * self.eps, x, self.eps)
+            else:
+                delta = torch.zeros_like(x)
+            update = self.generator.start(x, self.eps, step_size, steps)
+            for t in range(1, steps + 1):
+                done = restart * steps + t - 1
+                self._check_cancel(done, total)
+                adv = (x + delta).detach().requires_grad_(True)
+                with torch.enable_grad():
+                    loss = self._per_image_loss(adv, state, StepInfo(t, steps, self.generator.pixel_weighting), rng)
+                    (grad,) = torch.autograd.grad(loss.sum(), adv)
+                losses.append(float(loss.detach().sum()))
+                keep_best(delta, loss, done)  # every point of the ball is a candidate, the start too
+                delta = project(update.step(delta, grad.detach(), t, loss.detach()), x, self.eps)
+                if self.progress is not None:
+                    self.progress(done + 1, total)
+            with torch.no_grad():  # the last iterate has not been scored yet
+                keep_best(delta, self._per_image_loss(x + delta, state, StepInfo(steps, steps,
+                                                                                 self.generator.pixel_weighting), rng),
+                          restart * steps + steps)
+        adv_images = quantize_project(x + best_delta, x, self.eps)
+        info = {"attack": self.name, "generator": self.generator.name, "steps_run": total,
+                "step_size": step_size, "random_start": random_start, "restarts": self.restarts,
+                "best_loss": best_loss.tolist(), "best_step": best_step.tolist()} | state.get("info", {})
         return AttackResult(adv_images.to(source_device), (adv_images - x).to(source_device), losses,
                             time.perf_counter() - start, info)
 

@@ -43,8 +43,8 @@ class MaskAttack(Attack):
 
     def __init__(self, engine: SegmentEngine, eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS,
                  step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
-                 progress=None, cancel=None, *, tokens: str = "all"):
-        super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel)
+                 progress=None, cancel=None, restarts: int = 1, *, tokens: str = "all"):
+        super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts)
         if tokens not in ("all", "chosen"):
             raise ValueError(f"tokens must be 'all' or 'chosen'; got {tokens!r}.")
         self.tokens = tokens
@@ -60,8 +60,8 @@ class MaskAttack(Attack):
     def loss(self, adv, state, step, rng):
         feats = self.engine.embed(adv)
         # maximise minus the BCE: the masks go to background
-        return -sum(mask_loss(self.engine, feats, group, i, step, self.tokens)
-                    for i, group in enumerate(state["prompts"]))
+        return -torch.stack([mask_loss(self.engine, feats, group, i, step, self.tokens)
+                             for i, group in enumerate(state["prompts"])])
 
 
 class FeatureAttack(Attack):
@@ -71,8 +71,8 @@ class FeatureAttack(Attack):
 
     def __init__(self, engine: SegmentEngine, eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS,
                  step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
-                 progress=None, cancel=None, *, distance: str = "mse", high_res_weight: float = 1.0):
-        super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel)
+                 progress=None, cancel=None, restarts: int = 1, *, distance: str = "mse", high_res_weight: float = 1.0):
+        super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts)
         if distance not in ("mse", "cosine"):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
         self.distance, self.high_res_weight = distance, float(high_res_weight)
@@ -83,11 +83,11 @@ class FeatureAttack(Attack):
     def loss(self, adv, state, step, rng):
         clean: ImageFeatures = state["clean"]
         feats = self.engine.embed(adv)
-        total = feature_distance(feats.image_embed, clean.image_embed, self.distance).sum()
+        per_image = feature_distance(feats.image_embed, clean.image_embed, self.distance)
         if feats.high_res and self.high_res_weight:
-            total = total + self.high_res_weight * sum(
-                feature_distance(f, c, "mse").sum() for f, c in zip(feats.high_res, clean.high_res)) / len(feats.high_res)
-        return total
+            per_image = per_image + self.high_res_weight * sum(
+                feature_distance(f, c, "mse") for f, c in zip(feats.high_res, clean.high_res)) / len(feats.high_res)
+        return per_image
 
 
 class RandomAttack(Attack):

@@ -218,10 +218,10 @@ class CrossPromptAttack(Attack):
 
     def __init__(self, engine: SegmentEngine, eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS,
                  step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
-                 progress=None, cancel=None, *, k: int | None = None, distance: str = "mse", mix: float = 100.0,
+                 progress=None, cancel=None, restarts: int = 1, *, k: int | None = None, distance: str = "mse", mix: float = 100.0,
                  prompts_per_step: int = 32, mix_types=("point", "box"), grid: int = 4, types=PROMPT_TYPES,
                  high_res_weight: float = 1.0):
-        super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel)
+        super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts)
         if distance not in ("mse", "cosine"):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
         if k is not None and (not isinstance(k, (int, np.integer)) or k < 1):
@@ -256,10 +256,10 @@ class CrossPromptAttack(Attack):
     def loss(self, adv, state, step: StepInfo, rng):
         clean: ImageFeatures = state["clean"]
         feats = self.engine.embed(adv)
-        total = adv.new_zeros(())
+        per_image = []
         for i, key in enumerate(state["keys"]):
-            total = total + feature_distance(feats.image_embed[i:i + 1, key], clean.image_embed[i:i + 1, key],
-                                             self.distance).sum()
+            total = feature_distance(feats.image_embed[i:i + 1, key], clean.image_embed[i:i + 1, key],
+                                     self.distance).sum()
             if feats.high_res and self.high_res_weight:
                 total = total + self.high_res_weight * sum(
                     feature_distance(f[i:i + 1], c[i:i + 1], "mse").sum()
@@ -268,4 +268,23 @@ class CrossPromptAttack(Attack):
                 prompts = state["pools"][i].sample(self.prompts_per_step, rng, self.mix_types)
                 prediction = self.engine.decode(feats, prompts, image_index=i, validate=False)
                 total = total - self.mix * background_bce(prediction.low_res_all, step).mean()  # masks -> background
-        return total
+            per_image.append(total)
+        return torch.stack(per_image)
+
+
+class KeyChannelAttack(CrossPromptAttack):
+    """The paper's cross-prompt attack (Robust SAM, arXiv 2504.08906): the key-channel feature loss
+    alone, i.e. :class:`CrossPromptAttack` with ``mix=0`` (no sampled-prompt mask term, the decoder
+    is not run in the loop). Kept as its own row so that tables say which attack is which:
+    ``cross-prompt`` is ours (feature loss + the mask term of 32 sampled prompts, weight 100)."""
+
+    name = "key-channel"
+
+    def __init__(self, engine: SegmentEngine, eps: float = DEFAULT_EPS, steps: int = DEFAULT_STEPS,
+                 step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
+                 progress=None, cancel=None, restarts: int = 1, **options):
+        if options.get("mix", 0):
+            raise ValueError("key-channel is the feature loss alone (mix=0); use cross-prompt for the mask term.")
+        options["mix"] = 0.0
+        super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts,
+                         **options)

@@ -8,6 +8,8 @@
 * ``pgd``: ``delta <- Proj(delta + alpha * sign(g))`` (Madry et al. 2018).
 * ``mifgsm``: momentum on the L1-normalised gradient, ``m <- mu * m + g / ||g||_1`` (per image),
   ``delta <- Proj(delta + alpha * sign(m))`` with mu = 1.0 (Dong et al. 2018).
+* ``apgd``: Auto-PGD (Croce & Hein 2020): step size 2 eps halved at checkpoints where the loss
+  stops rising, momentum 0.75, restarts from the best point; see ``apgd.py``.
 * ``segpgd``: the PGD update, and it asks the attack's *mask* losses to weight pixels as SegPGD
   (Gu et al. 2022): pixels the model still gets "right" (not yet fooled) weigh 1 - lambda(t),
   fooled ones lambda(t), with lambda(t) = (t - 1) / (2T) for t = 1..T. Feature losses have no
@@ -45,6 +47,12 @@ class NoiseGenerator:
     name = "base"
     single_step = False  # FGSM: one step of size eps, no random start
     pixel_weighting = False  # SegPGD: the attack weights mask-loss pixels
+    needs_loss = False  # APGD: step() also gets the per-image loss of the current iterate
+
+    @staticmethod
+    def default_step_size(eps: float, steps: int) -> float:
+        """Step size when the attack is not given one: 2.5 eps / steps (Madry et al. 2018)."""
+        return 2.5 * eps / steps
 
     def start(self, clean: torch.Tensor, eps: float, step_size: float, steps: int) -> "NoiseGenerator":
         run = type(self).__new__(type(self))
@@ -56,8 +64,9 @@ class NoiseGenerator:
     def reset(self, clean: torch.Tensor) -> None:
         pass
 
-    def step(self, delta: torch.Tensor, grad: torch.Tensor, t: int) -> torch.Tensor:
-        """New (unprojected) delta from the current delta and the gradient of the loss to maximise."""
+    def step(self, delta: torch.Tensor, grad: torch.Tensor, t: int, loss: torch.Tensor | None = None) -> torch.Tensor:
+        """New (unprojected) delta from the current delta and the gradient of the loss to maximise
+        (``loss``: its per-image values at ``delta``, for generators with ``needs_loss``)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -68,14 +77,14 @@ class FGSM(NoiseGenerator):
     name = "fgsm"
     single_step = True
 
-    def step(self, delta, grad, t):
+    def step(self, delta, grad, t, loss=None):
         return self.eps * grad.sign()  # from the clean image; delta was only where g was taken
 
 
 class PGD(NoiseGenerator):
     name = "pgd"
 
-    def step(self, delta, grad, t):
+    def step(self, delta, grad, t, loss=None):
         return delta + self.step_size * grad.sign()
 
 
@@ -88,7 +97,7 @@ class MIFGSM(NoiseGenerator):
     def reset(self, clean):
         self.velocity = torch.zeros_like(clean)
 
-    def step(self, delta, grad, t):
+    def step(self, delta, grad, t, loss=None):
         l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.ndim - 1)))
         self.velocity = self.momentum * self.velocity + grad / l1
         return delta + self.step_size * self.velocity.sign()
@@ -99,7 +108,10 @@ class SegPGD(PGD):
     pixel_weighting = True
 
 
-GENERATORS: dict[str, type[NoiseGenerator]] = {"fgsm": FGSM, "pgd": PGD, "mifgsm": MIFGSM, "segpgd": SegPGD}
+from samdemo.attacks.apgd import APGD  # noqa: E402  (apgd.py builds on NoiseGenerator and project above)
+
+GENERATORS: dict[str, type[NoiseGenerator]] = {"fgsm": FGSM, "pgd": PGD, "mifgsm": MIFGSM, "segpgd": SegPGD,
+                                               "apgd": APGD}
 
 
 def make_generator(generator: str | NoiseGenerator) -> NoiseGenerator:
