@@ -89,8 +89,9 @@ def test_apgd_restarts_from_the_best_point_at_a_halving():
     new = run.step(torch.full((2, 1, 1, 1), -0.03), -torch.ones(2, 1, 1, 1), 4, torch.tensor([0.0, 9.0]))
     assert run.eta.tolist() == pytest.approx([EPS, 2 * EPS])
     assert run.halvings.tolist() == [1, 0]
-    # image 0 stepped from its best point 0.01 along the best point's gradient (+): up to the bound
-    assert abs(new[0].item() - EPS) < 1e-6
+    # image 0 stepped from its best point 0.01 along the best point's gradient (+), to the bound eps,
+    # with momentum 0.75 against the previous iterate 0.02
+    assert new[0].item() == pytest.approx(0.01 + 0.75 * (EPS - 0.01) + 0.25 * (0.01 - 0.02), abs=1e-6)
     assert new[1].item() < -0.02  # image 1 kept going from -0.03 along its own gradient (-)
 
 
