@@ -63,6 +63,7 @@ from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows, craft_attack,
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.metrics import ATTACK_SUCCESS_IOU, batch_iou
 from samdemo.prompts import PROMPT_TYPES, Prompt
+from samdemo.protocol import WORST_CASE, pooled_bootstrap, worst_case_gains, worst_case_rows
 
 EVAL_PROMPT_TYPES = (PROMPT_TYPES[0], "points", *PROMPT_TYPES[1:])  # "points": several positive clicks
 DEFAULT_PROMPTS = PROMPT_TYPES
@@ -97,6 +98,7 @@ class Settings:
     seed: int
     max_instances: int
     max_side: int
+    restarts: int = 1
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -116,7 +118,10 @@ def configure_parser(parser) -> None:
                         help=f"comma-separated prompt types among {', '.join(EVAL_PROMPT_TYPES)}")
     parser.add_argument("--eps", type=float, default=8.0, help=f"L-inf bound in 1/255 units (0..{EPS_MAX_255}), default 8")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="attack iterations, default 10")
-    parser.add_argument("--generator", default="pgd", choices=list(GENERATORS))
+    parser.add_argument("--generator", default="pgd", choices=list(GENERATORS),
+                        help="noise generator; apgd = Auto-PGD (Croce & Hein 2020)")
+    parser.add_argument("--restarts", type=int, default=1,
+                        help="random starts per attack; each image keeps its best iterate over all, default 1")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     parser.add_argument("--max-instances", type=int, default=8, help="largest instances per image, default 8")
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
@@ -127,7 +132,7 @@ def configure_parser(parser) -> None:
 
 def parse_settings(args) -> Settings:
     """Validate the arguments; ValueError with one clear message otherwise."""
-    from samdemo.attacks.base import eps_from_255, validate_steps
+    from samdemo.attacks.base import eps_from_255, validate_restarts, validate_steps
     from samdemo.build import get_spec
 
     get_spec(args.model)  # unknown model: a clear error before anything is loaded
@@ -139,6 +144,7 @@ def parse_settings(args) -> Settings:
         raise ValueError(f"Unknown prompt type {unknown[0]!r} in --prompts; choose among {', '.join(EVAL_PROMPT_TYPES)}.")
     eps_from_255(args.eps)
     validate_steps(args.steps)
+    validate_restarts(args.restarts)
     for name in ("limit", "max_instances", "max_side"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -148,7 +154,7 @@ def parse_settings(args) -> Settings:
     if len(set(args.adapter)) < len(args.adapter):
         raise ValueError("The same --adapter is given twice.")
     return Settings(args.model, list(args.adapter), args.data, attacks, prompts, float(args.eps), args.steps,
-                    args.generator, args.seed, args.max_instances, args.max_side)
+                    args.generator, args.seed, args.max_instances, args.max_side, args.restarts)
 
 
 def _split(value: str, option: str) -> list[str]:
@@ -237,7 +243,8 @@ def evaluate_image(defenses: list[Defense], image: np.ndarray, masks: np.ndarray
         targets = defenses if crafter is defenses[0] else [crafter]
         for _, attack, craft in rows:
             result = craft_attack(crafter.engine, x, objects, attack, craft, eps=settings.eps / 255,
-                                  steps=settings.steps, generator=settings.generator, seed=seed)
+                                  steps=settings.steps, generator=settings.generator, seed=seed,
+                                  restarts=settings.restarts)
             for target in targets:
                 mode = "white-box" if target is defenses[0] else "transfer" if crafter is defenses[0] else "adaptive"
                 adv = predict_types(target.engine, result.adv_images, objects, types)
@@ -287,7 +294,7 @@ def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, li
                                  "resamples": CI_RESAMPLES, "seed": settings.seed},
                           "asr_threshold": ATTACK_SUCCESS_IOU, "versions": _versions(),
                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-               "records": records}
+               "records": records, "gains": worst_case_gains(entries, "none", settings.seed)}
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     write_csv(records, out / "results.csv")
     write_report(results, out)
@@ -343,7 +350,7 @@ def aggregate(entries: list[dict], defenses: list[Defense], settings: Settings) 
     method = {d.label: d.method for d in defenses}
     groups: dict[tuple, list[dict]] = {}
     for entry in entries:
-        for row in entry["attacked"]:
+        for row in worst_case_rows(entry) + entry["attacked"]:  # the headline first
             key = (row["defense"], row["mode"], row["attack"], row["crafted_with"], row["evaluated_with"])
             groups.setdefault(key, []).append(row | {"clean": entry["clean"][row["defense"]][row["evaluated_with"]]})
     records = []
@@ -365,17 +372,15 @@ def pooled_mean_ci(per_image: list[list[float]], seed: int, level: float = CI_LE
                    resamples: int = CI_RESAMPLES) -> tuple[float, float, float]:
     """Mean over all instances, and its percentile-bootstrap interval resampling whole images
     (instances of one image are correlated: they share the perturbation)."""
-    sums = np.array([np.sum(v) for v in per_image], dtype=np.float64)
-    counts = np.array([len(v) for v in per_image], dtype=np.float64)
-    index = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
-    boot = sums[index].sum(1) / counts[index].sum(1)
-    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return float(sums.sum() / counts.sum()), float(low), float(high)
+    return pooled_bootstrap(np.array([np.sum(v) for v in per_image]), np.array([len(v) for v in per_image]),
+                            seed, level, resamples)
 
 
 # ------------------------------------------------------------------------------------------ outputs
 def attack_label(record: dict) -> str:
-    return record["attack"] if record["crafted_with"] == "none" else f"{record['attack']}@{record['crafted_with']}"
+    if record["attack"] == WORST_CASE or record["crafted_with"] == "none":
+        return record["attack"]
+    return f"{record['attack']}@{record['crafted_with']}"
 
 
 def write_csv(records: list[dict], path: Path) -> None:
@@ -407,10 +412,20 @@ def write_report(results: dict, out: Path) -> None:
     lines = [f"# Robustness evaluation: {s['model']}", "",
              f"Data `{s['data']}`: {header['images']} images, {header['instances']} instances "
              f"(at most {s['max_instances']} per image{skipped}). "
-             f"eps {s['eps']:g}/255, {s['steps']} {s['generator']} steps, seed {s['seed']}. "
+             f"eps {s['eps']:g}/255, {s['steps']} {s['generator']} steps x {s.get('restarts', 1)} random start(s), "
+             f"best iterate per image, seed {s['seed']}. "
              f"Defenses: {', '.join(d['label'] + ' (' + d['method'] + ')' for d in s['defenses'])}.", "",
              f"mIoU pooled over instances; ASR: fraction of instances whose IoU with the same model's clean "
              f"prediction falls below {ATTACK_SUCCESS_IOU}. Brackets: {CI_LEVEL:.0%} bootstrap intervals over images.", ""]
+    lines += [f"Headline: **{WORST_CASE}** mIoU, per object the lowest IoU over every attack row evaluated on "
+              "that defense (white-box for none; transfer and adaptive for an adapter), as AutoAttack's per-sample "
+              "worst case. Per-attack rows follow it.", ""]
+    if results.get("gains"):
+        lines += ["## Worst-case gains over the original model (paired bootstrap over images)", "",
+                  "| defense | evaluated with | gain in worst-case mIoU (GT) |", "| --- | --- | --- |"]
+        lines += [f"| {g['defense']} | {g['evaluated_with']} | {g['gain']:+.3f} [{g['gain_ci'][0]:+.3f}, "
+                  f"{g['gain_ci'][1]:+.3f}] |" for g in results["gains"]]
+        lines.append("")
     if records:
         write_plots(records, out)
         lines += ["![mIoU and ASR per attack](bars.png)", "", "![transfer matrices](transfer.png)", ""]

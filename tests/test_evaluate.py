@@ -115,11 +115,23 @@ def test_end_to_end_with_adapter_and_resume(tmp_path, capsys, crafted):
     assert all(list(r) == RECORD_KEYS for r in records)
     combos = {(r["defense"], r["method"], r["mode"]) for r in records}
     assert combos == {("none", "none", "white-box"), ("sam-small-adapter", "svd", "transfer"),
-                      ("sam-small-adapter", "svd", "adaptive")}
-    assert len(records) == 3 * 6 * 3
+                      ("sam-small-adapter", "svd", "adaptive"), ("none", "none", "worst-case"),
+                      ("sam-small-adapter", "svd", "worst-case")}
+    assert len(records) == 3 * 6 * 3 + 2 * 3
+    assert records[0]["mode"] == "worst-case"  # the headline comes first
     for r in records:
         assert r["n"] == 6 and r["images"] == 2 and r["model"] == "sam-small"
-        assert r["crafted_with"] == ("none" if r["attack"] != "mask" else r["crafted_with"])
+        expected = {"mask": r["crafted_with"], "worst-case": "all"}.get(r["attack"], "none")
+        assert r["crafted_with"] == expected
+    for defense in ("none", "sam-small-adapter"):  # worst case per object <= the worst average attack
+        for t in ("point", "box", "mask"):
+            worst = next(r for r in records if (r["defense"], r["mode"], r["evaluated_with"]) == (defense, "worst-case", t))
+            attacks = [r["miou_gt"] for r in records if r["defense"] == defense and r["mode"] != "worst-case"
+                       and r["evaluated_with"] == t]
+            assert worst["miou_gt"] <= min(attacks) + 1e-9
+    gains = results["gains"]
+    assert {(g["defense"], g["evaluated_with"]) for g in gains} == {("sam-small-adapter", t) for t in ("point", "box", "mask")}
+    assert all(g["gain_ci"][0] <= g["gain"] <= g["gain_ci"][1] for g in gains)
         for key in ("miou_gt", "miou_clean", "clean_miou_gt", "asr"):
             low, high = r[key + "_ci"]
             assert 0 <= low <= r[key] <= high <= 1

@@ -1,0 +1,60 @@
+"""Worst case per object over an attack ensemble, and paired bootstrap gains (samdemo.protocol)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from samdemo.protocol import paired_gain_ci, pooled_bootstrap, worst_case_gains, worst_case_rows
+
+
+def row(defense, mode, attack, iou_gt, iou_clean=None, evaluated_with="box"):
+    return {"defense": defense, "mode": mode, "attack": attack, "crafted_with": "none",
+            "evaluated_with": evaluated_with, "iou_gt": iou_gt, "iou_clean": iou_clean or iou_gt}
+
+
+def test_worst_case_is_per_object_not_the_worst_average():
+    # attack a is worst on object 0, attack b on object 1: per object 0.1 and 0.2 (mean 0.15), while
+    # the worst *average* attack has mean 0.45
+    entry = {"instances": 2, "attacked": [
+        row("none", "white-box", "a", [0.1, 0.9], [0.3, 0.8]),
+        row("none", "white-box", "b", [0.8, 0.2], [0.7, 0.4])]}
+    (worst,) = worst_case_rows(entry)
+    assert worst["iou_gt"] == [0.1, 0.2] and np.mean(worst["iou_gt"]) < 0.45
+    assert worst["iou_clean"] == [0.3, 0.4]  # from the same attack that gave the worst IoU vs GT
+    assert worst["mode"] == "worst-case" and worst["ensemble"] == ["white-box:a@none", "white-box:b@none"]
+
+
+def test_worst_case_of_a_defense_spans_transfer_and_adaptive_but_not_other_defenses():
+    entry = {"instances": 1, "attacked": [
+        row("none", "white-box", "a", [0.05]),
+        row("adapter", "transfer", "a", [0.6]),
+        row("adapter", "adaptive", "a", [0.4]),
+        row("adapter", "adaptive", "a", [0.7], evaluated_with="point")]}
+    worst = {(r["defense"], r["evaluated_with"]): r["iou_gt"] for r in worst_case_rows(entry)}
+    assert worst == {("none", "box"): [0.05], ("adapter", "box"): [0.4], ("adapter", "point"): [0.7]}
+
+
+def test_paired_bootstrap_is_tighter_than_unpaired_when_images_share_difficulty():
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0, 1, 30)
+    reference = [[d] for d in difficulty]
+    treated = [[d + 0.05 + rng.normal(0, 0.01)] for d in difficulty]
+    gain, low, high = paired_gain_ci(treated, reference, seed=0)
+    assert 0.04 < gain < 0.06 and 0 < low < gain < high
+    _, t_low, t_high = pooled_bootstrap(np.array([v[0] for v in treated]), np.ones(30), seed=0)
+    assert high - low < (t_high - t_low) / 5  # the shared difficulty cancels
+
+
+def test_paired_gain_needs_the_same_objects():
+    with pytest.raises(ValueError, match="same images and objects"):
+        paired_gain_ci([[0.1, 0.2]], [[0.1]], seed=0)
+
+
+def test_worst_case_gains_against_the_original_model():
+    entries = [{"instances": 1, "attacked": [row("none", "white-box", "a", [0.1 * i]),
+                                             row("adapter", "adaptive", "a", [0.1 * i + 0.2])]} for i in range(5)]
+    entries.append({"instances": 0, "skipped": "no instance"})
+    (gain,) = worst_case_gains(entries, "none", seed=0)
+    assert gain["defense"] == "adapter" and gain["gain"] == pytest.approx(0.2)
+    assert gain["gain_ci"] == pytest.approx([0.2, 0.2]) and gain["images"] == 5
