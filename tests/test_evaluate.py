@@ -123,6 +123,9 @@ def test_end_to_end_with_adapter_and_resume(tmp_path, capsys, crafted):
         assert r["n"] == 6 and r["images"] == 2 and r["model"] == "sam-small"
         expected = {"mask": r["crafted_with"], "worst-case": "all"}.get(r["attack"], "none")
         assert r["crafted_with"] == expected
+        for key in ("miou_gt", "miou_clean", "clean_miou_gt", "asr"):
+            low, high = r[key + "_ci"]
+            assert 0 <= low <= r[key] <= high <= 1
     for defense in ("none", "sam-small-adapter"):  # worst case per object <= the worst average attack
         for t in ("point", "box", "mask"):
             worst = next(r for r in records if (r["defense"], r["mode"], r["evaluated_with"]) == (defense, "worst-case", t))
@@ -132,9 +135,6 @@ def test_end_to_end_with_adapter_and_resume(tmp_path, capsys, crafted):
     gains = results["gains"]
     assert {(g["defense"], g["evaluated_with"]) for g in gains} == {("sam-small-adapter", t) for t in ("point", "box", "mask")}
     assert all(g["gain_ci"][0] <= g["gain"] <= g["gain_ci"][1] for g in gains)
-        for key in ("miou_gt", "miou_clean", "clean_miou_gt", "asr"):
-            low, high = r[key + "_ci"]
-            assert 0 <= low <= r[key] <= high <= 1
     assert {r["crafted_with"] for r in records if r["attack"] == "mask"} == {"point", "box", "mask"}
     by_key = {(r["defense"], r["mode"], r["attack"], r["crafted_with"], r["evaluated_with"]): r for r in records}
     for t in ("point", "box", "mask"):  # random noise does not depend on the model: transfer == adaptive
@@ -183,7 +183,8 @@ def test_folder_data_points_prompt_and_growing_limit(tmp_path, crafted):
     assert cli(*argv) == 0  # no limit now: the second image only
     assert len(lines(out / evaluate.LOG_FILE)) == 3 and len(crafted) == 2
     records = json.loads((out / "results.json").read_text())["records"]
-    assert [(r["evaluated_with"], r["n"]) for r in records] == [("point", 4), ("points", 4)]
+    assert [(r["mode"], r["evaluated_with"], r["n"]) for r in records] == [
+        ("worst-case", "point", 4), ("worst-case", "points", 4), ("white-box", "point", 4), ("white-box", "points", 4)]
 
 
 @needs_model
