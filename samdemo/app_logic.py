@@ -60,12 +60,13 @@ MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX, MODE_MASK = "positive point", "negative 
 PROMPT_MODES = [MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX, MODE_MASK]
 
 ATTACK_CHOICES = [  # (label, name in samdemo.attacks.ATTACKS)
-    ("cross-prompt (breaks the mask for any prompt)", "cross-prompt"),
+    ("cross-prompt, ours (key-channel features + sampled-prompt mask term)", "cross-prompt"),
+    ("key-channel, the paper's (key-channel feature loss only)", "key-channel"),
     ("single-prompt mask (breaks the mask of your prompt)", "mask"),
     ("full-feature (pushes the image embedding away)", "feature"),
     ("random noise of the same ε (baseline)", "random"),
 ]
-GENERATOR_CHOICES = [("PGD", "pgd"), ("FGSM", "fgsm"), ("MI-FGSM", "mifgsm")]
+GENERATOR_CHOICES = [("PGD", "pgd"), ("FGSM", "fgsm"), ("MI-FGSM", "mifgsm"), ("APGD", "apgd")]
 TARGET_ORIGINAL, TARGET_ROBUST = "original", "robust"
 TARGET_CHOICES = [("original model → transfer to the robust one", TARGET_ORIGINAL),
                   ("robust model (adaptive attack)", TARGET_ROBUST)]
