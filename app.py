@@ -1,7 +1,7 @@
 """samdemo web app: `python app.py [--host H] [--port P] [--share] [--model NAME]`.
 
-Only the layout and the wiring of components to handlers live here; every handler is in
-``samdemo/app_logic.py`` (testable without a browser).
+Only the layout and the wiring of components to handlers live here; every handler is in the
+``samdemo.app`` package (tested without a browser).
 """
 
 from __future__ import annotations
@@ -13,9 +13,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from samdemo import app_logic as L  # noqa: E402
+from samdemo.app.actions import TARGET_ORIGINAL  # noqa: E402
+from samdemo.app.handlers import Lab  # noqa: E402
+from samdemo.app.models import ADAPTER_HUB, APP_MODELS, AdapterChoice, model_choices  # noqa: E402
+from samdemo.app.session import MODE_POSITIVE, PROMPT_MODES, Session  # noqa: E402
+from samdemo.app.text import (ADAPTER_CHOICES, ATTACK_CHOICES, ATTACK_HELP_MD, GENERATOR_CHOICES, INTRO_MD,
+                              PROMPT_HELP_MD, TABLE_HEADERS, TARGET_CHOICES)
+from samdemo.app.widgets import NumberInput, SliderInput, paint_editor, upload_image  # noqa: E402
+from samdemo.pipeline import DEFAULT_ATTACK  # noqa: E402
 from samdemo import limits  # noqa: E402
-from samdemo.app_components import NumberInput, SliderInput  # noqa: E402
 from samdemo.build import DEFAULT_MODEL  # noqa: E402
 from samdemo.errors import UserError  # noqa: E402
 
@@ -31,13 +37,13 @@ LIGHT = {"concurrency_id": "light", "concurrency_limit": 1}
 LAUNCH_LIMITS = {"max_file_size": limits.max_upload_bytes(), "state_session_capacity": limits.MAX_SESSIONS}
 
 
-def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL,
-               default_adapter: L.AdapterChoice | None = None) -> gr.Blocks:
-    lab = lab or L.Lab()
-    adapter_default = default_adapter or L.AdapterChoice()
+def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
+               default_adapter: AdapterChoice | None = None) -> gr.Blocks:
+    lab = lab or Lab()
+    adapter_default = default_adapter or AdapterChoice()
     with gr.Blocks(title="samdemo · adversarial SAM lab", delete_cache=(1800, 3600)) as demo:
-        session = gr.State(L.Session(), time_to_live=limits.SESSION_IDLE_S)  # per user; dropped when idle
-        gr.Markdown(L.INTRO_MD)
+        session = gr.State(Session(), time_to_live=limits.SESSION_IDLE_S)  # per user; dropped when idle
+        gr.Markdown(INTRO_MD)
         with gr.Row():
             # ------------------------------------------------------------ image and prompts
             with gr.Column(scale=3):
@@ -45,34 +51,34 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL,
                     with gr.Tab("Click prompts", id="click"):
                         # Uploads reach the handler as a file path, unopened: the app decodes them within
                         # samdemo.limits (pixels counted first, EXIF rotation, GIF frame, 16-bit, alpha).
-                        canvas = L.upload_image(label="Image: upload, paste, or pick an example; then click to prompt",
+                        canvas = upload_image(label="Image: upload, paste, or pick an example; then click to prompt",
                                                 sources=["upload", "clipboard"], format="png", height=520,
                                                 elem_id="canvas")
                     with gr.Tab("Paint a mask", id="paint"):
-                        editor = L.paint_editor(label="Paint over the object", sources=(),
+                        editor = paint_editor(label="Paint over the object", sources=(),
                                               transforms=(), layers=False, height=520, elem_id="editor",
                                               brush=gr.Brush(colors=["#00e5e5"], color_mode="fixed", default_size=20))
                         with gr.Row():
                             paint_prompt_btn = gr.Button("Use as mask prompt", elem_id="paint-prompt")
                             paint_gt_btn = gr.Button("Use as ground truth", elem_id="paint-gt")
                 with gr.Row():
-                    mode = gr.Radio(L.PROMPT_MODES, value=L.MODE_POSITIVE, label="Prompt mode", scale=4,
+                    mode = gr.Radio(PROMPT_MODES, value=MODE_POSITIVE, label="Prompt mode", scale=4,
                                     elem_id="mode")
                     undo_btn = gr.Button("↶ Undo", scale=1, elem_id="undo")
                     clear_btn = gr.Button("✕ Clear all", scale=1, elem_id="clear")
                 status = gr.Markdown("Upload or paste an image, or pick an example below.", elem_id="status")
-                gr.Markdown(L.PROMPT_HELP_MD)
+                gr.Markdown(PROMPT_HELP_MD)
                 gallery = gr.Gallery([(str(e.path), e.caption) for e in lab.examples], label="Examples (click one)",
                                      columns=6, height=210, allow_preview=False, object_fit="cover",
                                      elem_id="examples", interactive=False)
             # ------------------------------------------------------------ models and attack
             with gr.Column(scale=2):
-                model = gr.Dropdown(L.model_choices(), value=default_model, label="Model", elem_id="model")
+                model = gr.Dropdown(model_choices(), value=default_model, label="Model", elem_id="model")
                 model_info = gr.Markdown(elem_id="model-info")
                 with gr.Group():
-                    adapter_kind = gr.Radio(L.ADAPTER_CHOICES, value=adapter_default.kind,
+                    adapter_kind = gr.Radio(ADAPTER_CHOICES, value=adapter_default.kind,
                                             label="Defense: robustness adapter (the robust model; shipped = singular values only)")
-                    with gr.Row(visible=adapter_default.kind == L.ADAPTER_HUB) as hub_row:
+                    with gr.Row(visible=adapter_default.kind == ADAPTER_HUB) as hub_row:
                         hub_repo = gr.Textbox(adapter_default.repo_id, label="Hub repo id", placeholder="owner/name",
                                               scale=3)
                         hub_rev = gr.Textbox(adapter_default.revision, label="Revision",
@@ -82,19 +88,19 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL,
                 with gr.Accordion("Adapter singular values", open=False):
                     sv_plot = gr.Plot(show_label=False)
                 with gr.Group():
-                    attack = gr.Dropdown(L.ATTACK_CHOICES, value=L.DEFAULT_ATTACK, label="Attack", elem_id="attack")
-                    generator = gr.Radio(L.GENERATOR_CHOICES, value="pgd", label="Generator")
+                    attack = gr.Dropdown(ATTACK_CHOICES, value=DEFAULT_ATTACK, label="Attack", elem_id="attack")
+                    generator = gr.Radio(GENERATOR_CHOICES, value="pgd", label="Generator")
                     with gr.Row():
                         eps = SliderInput(1, limits.MAX_EPS255, value=8, step=1, label="ε (in /255)", elem_id="eps")
                         steps = SliderInput(1, limits.MAX_STEPS, value=min(10, limits.MAX_STEPS), step=1,
                                           label="Steps", elem_id="steps")
                     with gr.Row():
                         seed = NumberInput(0, precision=0, label="Seed", minimum=0, maximum=limits.MAX_SEED)
-                        target = gr.Radio(L.TARGET_CHOICES, value=L.TARGET_ORIGINAL, label="Craft the attack on")
+                        target = gr.Radio(TARGET_CHOICES, value=TARGET_ORIGINAL, label="Craft the attack on")
                     with gr.Row():
                         run_btn = gr.Button("Run attack", variant="primary", elem_id="run")
                         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
-                gr.Markdown(L.ATTACK_HELP_MD)
+                gr.Markdown(ATTACK_HELP_MD)
         # ---------------------------------------------------------------- results
         gr.Markdown("## Results")
         timings = gr.Markdown(elem_id="timings")
@@ -105,7 +111,7 @@ def build_demo(lab: L.Lab | None = None, default_model: str = DEFAULT_MODEL,
         with gr.Row():
             rob_clean = gr.Image(label="Robust model · clean input", elem_id="panel-rob-clean", **panel_args)
             rob_adv = gr.Image(label="Robust model · adversarial input", elem_id="panel-rob-adv", **panel_args)
-        table = gr.Dataframe(headers=L.TABLE_HEADERS, label="IoU per model and input", interactive=False,
+        table = gr.Dataframe(headers=TABLE_HEADERS, label="IoU per model and input", interactive=False,
                              elem_id="results-table")
         with gr.Row():
             with gr.Column():
@@ -171,14 +177,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "$GRADIO_SERVER_NAME, e.g. 0.0.0.0 on Hugging Face Spaces)")
     parser.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--model", default=os.environ.get("SAMDEMO_MODEL") or DEFAULT_MODEL, choices=L.APP_MODELS,
+    parser.add_argument("--model", default=os.environ.get("SAMDEMO_MODEL") or DEFAULT_MODEL, choices=APP_MODELS,
                         help="model selected at start (default: $SAMDEMO_MODEL, else %(default)s)")
     parser.add_argument("--adapter-repo", default=os.environ.get("SAMDEMO_ADAPTER_REPO", ""),
                         help="robust model at start: a Hub adapter owner/name[@revision] (default: "
                              "$SAMDEMO_ADAPTER_REPO, else the shipped adapter)")
     args = parser.parse_args(argv)
     try:
-        args.adapter = L.AdapterChoice.from_spec(args.adapter_repo)
+        args.adapter = AdapterChoice.from_spec(args.adapter_repo)
     except UserError as error:
         parser.error(str(error))
     return args
@@ -187,7 +193,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     limits.limit_malloc_arenas()  # before the server's threads start: memory stays flat under load
-    lab = L.Lab()
+    lab = Lab()
     lab.preload(args.model)
     build_demo(lab, args.model, args.adapter).launch(server_name=args.host, server_port=args.port, share=args.share,
                                        theme=gr.themes.Soft(), css=CSS, **LAUNCH_LIMITS)

@@ -36,9 +36,12 @@ import torch  # noqa: E402
 
 import app  # noqa: E402
 from benchmarks._common import write_json  # noqa: E402
-from samdemo import app_logic as L  # noqa: E402
+from samdemo.app.handlers import Lab  # noqa: E402
+from samdemo.app.models import ModelManager  # noqa: E402
+from samdemo.app.session import MODE_POSITIVE  # noqa: E402
 from samdemo.build import CHECKPOINT_DIR, ModelUnavailableError, get_spec, load_model  # noqa: E402
 from samdemo.engine import EmbeddingCache, SegmentEngine  # noqa: E402
+from samdemo.factory import load_engine  # noqa: E402
 
 TARGET_CLICK_MS = 300
 TARGET_ATTACK_S = 3.0
@@ -51,7 +54,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_lab(model: str) -> tuple[L.Lab, str, str]:
+def make_lab(model: str) -> tuple[Lab, str, str]:
     """The app's Lab with the real weights and shipped adapter, or random weights + a temporary adapter."""
     cache = EmbeddingCache(256 * 2**20)
     try:
@@ -71,14 +74,14 @@ def make_lab(model: str) -> tuple[L.Lab, str, str]:
         from samdemo.adapter import apply_adapter, remove_adapter, save_adapter
 
         adapter_root = Path(tempfile.mkdtemp(prefix="samdemo-bench-"))
-        engine = factory(model) if factory else SegmentEngine.from_name(model, device="cpu")
+        engine = factory(model) if factory else load_engine(model, device="cpu")
         svd = apply_adapter(engine)
         svd.set_singular_values({k: s * 0.9 for k, (_, s) in svd.singular_values().items()})
         save_adapter(svd, adapter_root / f"{model}-adapter", plot=False)
         remove_adapter(engine)
         adapter = "temporary adapter of the shipped shape (no shipped adapter found)"
-    manager = L.ModelManager(factory, cache=cache, adapter_root=adapter_root)
-    return L.Lab(manager), weights, adapter
+    manager = ModelManager(factory, cache=cache, adapter_root=adapter_root)
+    return Lab(manager), weights, adapter
 
 
 def summary(values: list[float]) -> dict:
@@ -114,23 +117,23 @@ def main(argv=None) -> int:
         for i in range(args.fresh):
             client.predict(model, 1 + i % 7, api_name="/load_example")  # 7 examples not yet embedded
             start = time.perf_counter()
-            client.predict(L.MODE_POSITIVE, model, *CLICKS[i % len(CLICKS)], api_name="/click")
+            client.predict(MODE_POSITIVE, model, *CLICKS[i % len(CLICKS)], api_name="/click")
             fresh.append(time.perf_counter() - start)
 
         # clicks on a cached image: the decoder, the overlay and the round trip
         client.predict(model, 0, api_name="/load_example")
-        client.predict(L.MODE_POSITIVE, model, *CLICKS[0], api_name="/click")  # warm-up
+        client.predict(MODE_POSITIVE, model, *CLICKS[0], api_name="/click")  # warm-up
         clicks, handler = [], []
         for i in range(args.clicks):
             client.predict(model, api_name="/clear")
             start = time.perf_counter()
-            _, status = client.predict(L.MODE_POSITIVE, model, *CLICKS[i % len(CLICKS)], api_name="/click")
+            _, status = client.predict(MODE_POSITIVE, model, *CLICKS[i % len(CLICKS)], api_name="/click")
             clicks.append(time.perf_counter() - start)
             assert "Clean mask" in status, status
             handler.append(float(status.split(" ms.")[0].rsplit(", ", 1)[1]) / 1000)  # model time, from the status
 
         # 10-step attacks with all four panels
-        client.predict(L.MODE_POSITIVE, model, *CLICKS[0], api_name="/click")
+        client.predict(MODE_POSITIVE, model, *CLICKS[0], api_name="/click")
         client.predict(model, "shipped", "", "", "mask", "pgd", 8, 2, 0, "original", api_name="/attack")  # warm-up
         attacks, attack_only = [], []
         for i in range(args.attacks):

@@ -41,7 +41,7 @@ from samdemo.scenes import test_scenes  # noqa: E402
 
 
 def get_engine(name: str, weights: Path | None, random_init: bool) -> tuple[SegmentEngine, str]:
-    from samdemo.attacks.cli import load_engine
+    from samdemo.factory import load_engine
     from samdemo.build import get_spec
 
     if weights is not None:

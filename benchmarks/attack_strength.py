@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import write_json  # noqa: E402
-from samdemo.attacks.transfer import DEFAULT_ATTACKS, EVAL_TYPES, predict_types, transfer_matrix  # noqa: E402
+from samdemo.attacks.transfer import DEFAULT_ATTACKS, EVAL_TYPES, transfer_matrix  # noqa: E402
 from samdemo.engine import image_to_tensor  # noqa: E402
 from samdemo.metrics import batch_iou  # noqa: E402
+from samdemo.pipeline import AttackRequest, predict_types  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
 from samdemo.scenes import validation_scenes  # noqa: E402
 
@@ -40,13 +41,14 @@ def evaluate(engine, args) -> dict:
     for number, scene in enumerate(validation_scenes(args.scenes, size=engine.image_size)):
         order = np.argsort(-scene.masks.reshape(len(scene.masks), -1).sum(1), kind="stable")[:args.max_instances]
         masks = scene.masks[np.sort(order)]
-        result = transfer_matrix(engine, scene.image, masks, attacks=args.attacks, eps=args.eps / 255,
-                                 steps=args.steps, generator=args.generator, seed=number, attack_kwargs=attack_kwargs)
-        rows = result["rows"]
-        vs_gt.append(result["per_object_vs_gt"])
-        vs_clean.append(result["per_object_vs_clean"])
-        clean.append(result["clean_per_object_vs_gt"])
-        for row, s in result["seconds"].items():
+        request = AttackRequest(eps255=args.eps, steps=args.steps, generator=args.generator, seed=number)
+        result = transfer_matrix(engine, scene.image, masks, attacks=args.attacks, request=request,
+                                 attack_options=attack_kwargs)
+        rows = result.rows
+        vs_gt.append(result.per_object_vs_gt)
+        vs_clean.append(result.per_object_vs_clean)
+        clean.append(result.clean_per_object_vs_gt)
+        for row, s in result.seconds.items():
             seconds[row] = seconds.get(row, 0.0) + s
         grey = np.full_like(scene.image, 128)
         objects = [prompts_from_mask(m) for m in masks]
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attack_strength.json")
     args = parser.parse_args(argv)
 
-    from samdemo.attacks.cli import load_engine
+    from samdemo.factory import load_engine
 
     if args.weights is not None and len(args.weights) != len(args.models):
         parser.error("give one --weights file per model")
@@ -109,8 +111,7 @@ def main(argv=None) -> int:
                              "prompts on a uniform grey image (no image information at all).",
               "models": {}}
     for index, model in enumerate(args.models):
-        engine = load_engine(model, args.weights[index] if args.weights else None)
-        engine.model.requires_grad_(False)
+        engine = load_engine(model, args.weights[index] if args.weights else None, frozen=True)
         output["models"][model] = evaluate(engine, args)
     print(f"-> {write_json(args.out, output)}")
     return 0

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import write_json  # noqa: E402
 from samdemo.attacks import CrossPromptAttack  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
+from samdemo.factory import load_engine  # noqa: E402
 from samdemo.metrics import mask_iou  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
 from samdemo.scenes import test_scenes  # noqa: E402
@@ -56,7 +57,7 @@ def logits(engine, image, prompts):
 
 
 def measure(name: str, n_scenes: int, steps: int) -> dict:
-    engine = SegmentEngine.from_name(name, device="cpu")
+    engine = load_engine(name, device="cpu")
     engine.model.requires_grad_(False)
     scenes = test_scenes(n_scenes, size=engine.image_size)
     diffs, maxdiffs, agree, adv_iou = [], [], [], {"fp32": [], "bf16": []}

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from samdemo.build import CHECKPOINT_DIR, get_spec  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
+from samdemo.factory import load_engine  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
 from samdemo.quality import image_dependence, photo_quality  # noqa: E402
 from samdemo.scenes import test_scenes  # noqa: E402
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
                "torch": torch.__version__, "models": {}}
     engines = {}
     for name in args.models.split(","):
-        engine = SegmentEngine.from_name(name, device="cpu")
+        engine = load_engine(name, device="cpu")
         engines[name] = engine
         weights = CHECKPOINT_DIR / get_spec(name).local_file
         scenes = test_scenes(args.scenes, size=engine.image_size)

@@ -150,23 +150,23 @@ def stage_app(args) -> dict:
     from samdemo.build import get_spec, load_model
     from samdemo.engine import SegmentEngine
 
-    try:
-        from samdemo import app_logic as L
-    except ImportError:  # the app package of later versions
-        from samdemo.app import logic as L  # type: ignore
+    from samdemo.app.actions import AttackJob, run_attack
+    from samdemo.app.models import AdapterChoice, ModelManager
+    from samdemo.app.session import PromptState
+    from samdemo.pipeline import AttackRequest
     torch.manual_seed(0)
     engine = SegmentEngine(load_model(args.model, device=args.device, random_init=True),
                            get_spec(args.model).family, args.model,
                            autocast_dtype=torch.bfloat16 if args.bf16 else None)
-    manager = L.ModelManager(factory=lambda name: engine)
+    manager = ModelManager(factory=lambda name: engine)
     from samdemo.scenes import test_scenes
 
     image = test_scenes(1, size=512)[0].image
-    prompts = L.PromptState(points=((256.0, 256.0, 1),))
-    settings = L.AttackSettings(attack="cross-prompt", steps=args.attack_steps)
-    choice = L.AdapterChoice.parse(None)  # no adapter: the robust panels stay empty
+    prompts = PromptState(points=((256.0, 256.0, 1),))
+    job = AttackJob(model=args.model, adapter=AdapterChoice.parse(None),  # no adapter: the robust panels stay empty
+                    request=AttackRequest(attack="cross-prompt", steps=args.attack_steps))
     start = time.perf_counter()
-    outcome = L.run_attack(manager, args.model, choice, image, prompts, settings, time_limit=1e9)
+    outcome = run_attack(manager, job, image, prompts, time_limit=1e9)
     return {"seconds": time.perf_counter() - start, "timings": outcome.timings, "image": list(image.shape[:2])}
 
 

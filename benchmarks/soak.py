@@ -100,12 +100,12 @@ def session_round(client, session: int, round_: int, folder: Path, model: str = 
     """One session's round through the API; returns latencies (s). Raises AssertionError on any mix-up."""
     from gradio_client import handle_file
 
-    from samdemo import app_logic as L
+    from samdemo.app.session import MODE_POSITIVE, display_scale
 
     image, slot = scene(session, round_)
     path = folder / f"s{session}-r{round_}.png"
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    scale = L.display_scale(image.shape[:2])
+    scale = display_scale(image.shape[:2])
     where = f"session {session}, round {round_}"
     times = {}
 
@@ -118,7 +118,7 @@ def session_round(client, session: int, round_: int, folder: Path, model: str = 
 
     click = SLOTS[slot]
     start = time.perf_counter()
-    canvas, status = client.predict(L.MODE_POSITIVE, model, *click, api_name="/click")
+    canvas, status = client.predict(MODE_POSITIVE, model, *click, api_name="/click")
     times["click"] = time.perf_counter() - start
     assert "Clean mask" in status and "1 positive point" in status, (where, status)
     found, distance = mask_slot(read_rgb(canvas), image, scale, click)

@@ -153,7 +153,7 @@ def folder_dataset(root: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> Datase
         files[path.stem] = path
 
     def load(name: str):
-        image = read_image(files[name])
+        image = read_dataset_image(files[name])
         per_instance, ids = masks_dir / name, masks_dir / f"{name}.png"
         if per_instance.is_dir() and ids.is_file():
             raise DatasetError(f"{root}: both {per_instance}/ and {ids} exist for image {name}; keep one.")
@@ -204,7 +204,7 @@ def coco_dataset(annotations: str | Path, images_dir: str | Path | None = None,
 
     def load(name: str):
         entry, segmentations = by_name[name]
-        image = read_image(images_dir / name)
+        image = read_dataset_image(images_dir / name)
         h, w = _declared_size(entry, f"{annotations} (image {name})")
         if (h, w) != image.shape[:2]:
             raise DatasetError(f"{annotations} says {name} is {w}x{h} but {images_dir / name} is "
@@ -230,7 +230,7 @@ def sa1b_dataset(root: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> Dataset:
         entry = data["image"]
         if "file_name" not in entry:
             raise DatasetError(f"{path}: the image entry has no file_name.")
-        image = read_image(root / entry["file_name"])
+        image = read_dataset_image(root / entry["file_name"])
         h, w = _declared_size(entry, str(path))
         if (h, w) != image.shape[:2]:
             raise DatasetError(f"{path} says {entry['file_name']} is {w}x{h} but the image is "
@@ -243,7 +243,7 @@ def sa1b_dataset(root: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------ readers
-def read_image(path: Path) -> np.ndarray:
+def read_dataset_image(path: Path) -> np.ndarray:
     """H x W x 3 uint8 RGB at full resolution (``Dataset`` bounds the image and its masks together)."""
     from samdemo import limits
 

@@ -110,12 +110,6 @@ class SegmentEngine:
         std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
         self._mean, self._std = mean, std
 
-    @classmethod
-    def from_name(cls, name: str, device=None, **kwargs) -> "SegmentEngine":
-        from samdemo.build import get_spec, load_model
-
-        return cls(load_model(name, device=device), get_spec(name).family, name=name, **kwargs)
-
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

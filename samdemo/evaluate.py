@@ -45,7 +45,6 @@ Files in ``--out``:
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import json
@@ -59,9 +58,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows, craft_attack, object_prompts, predict_types
+from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows, object_prompts
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.metrics import ATTACK_SUCCESS_IOU, batch_iou
+from samdemo.pipeline import AttackRequest, craft, predict_types
 from samdemo.prompts import PROMPT_TYPES, Prompt
 from samdemo.protocol import WORST_CASE, pooled_bootstrap, worst_case_gains, worst_case_rows
 
@@ -99,6 +99,11 @@ class Settings:
     max_instances: int
     max_side: int
     restarts: int = 1
+
+    def request(self, attack: str, seed: int) -> AttackRequest:
+        """The attack ``attack`` under this run's threat model, seeded per image."""
+        return AttackRequest(attack=attack, generator=self.generator, eps255=self.eps, steps=self.steps, seed=seed,
+                             restarts=self.restarts)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -166,9 +171,10 @@ def _split(value: str, option: str) -> list[str]:
 
 def run(args) -> int:
     from samdemo.datasets import open_dataset
+    from samdemo.factory import load_engine
 
     settings = parse_settings(args)
-    base = SegmentEngine.from_name(settings.model)
+    base = load_engine(settings.model, frozen=True)
     dataset = open_dataset(settings.data, scene_size=base.image_size, max_side=settings.max_side)
     defenses = load_defenses(base, settings.adapters)
     results = evaluate(defenses, dataset, settings, args.out, limit=args.limit)
@@ -181,20 +187,18 @@ def run(args) -> int:
 # ------------------------------------------------------------------------------------------ defenses
 def load_defenses(base: SegmentEngine, refs: list[str]) -> list[Defense]:
     """``none`` (``base`` itself) and, per ref, an adapter loaded onto a copy of the base model."""
-    from samdemo.hub import load_adapter, resolve_adapter
+    from samdemo.factory import robust_copy
+    from samdemo.hub import resolve_adapter
 
     base.model.requires_grad_(False)  # attacks need gradients to the pixels only
     defenses = [Defense("none", "none", base)]
     for ref in refs:
         folder = resolve_adapter(ref)
-        engine = SegmentEngine(copy.deepcopy(base.model), base.family, name=base.name)
-        load_adapter(engine, folder)
-        engine.model.requires_grad_(False)
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        engine, adapter = robust_copy(base, folder, merge=False)
         label = Path(ref).expanduser().resolve().name if Path(ref).expanduser().is_dir() else ref
         if label in [d.label for d in defenses]:
             raise ValueError(f"Two defenses would both be called {label!r}; rename one adapter folder.")
-        defenses.append(Defense(label, str(config.get("method", "svd")), engine, ref, _folder_digest(folder)))
+        defenses.append(Defense(label, adapter.method, engine, ref, _folder_digest(folder)))
     return defenses
 
 
@@ -241,15 +245,14 @@ def evaluate_image(defenses: list[Defense], image: np.ndarray, masks: np.ndarray
     for crafter in defenses:
         # the original model's attacks are evaluated on every defense (transfer): crafted once
         targets = defenses if crafter is defenses[0] else [crafter]
-        for _, attack, craft in rows:
-            result = craft_attack(crafter.engine, x, objects, attack, craft, eps=settings.eps / 255,
-                                  steps=settings.steps, generator=settings.generator, seed=seed,
-                                  restarts=settings.restarts)
+        for _, attack, craft_type in rows:
+            result = craft(settings.request(attack, seed), crafter.engine, x,
+                           [o[craft_type] for o in objects] if craft_type else None)
             for target in targets:
                 mode = "white-box" if target is defenses[0] else "transfer" if crafter is defenses[0] else "adaptive"
                 adv = predict_types(target.engine, result.adv_images, objects, types)
                 entry["attacked"] += [{"defense": target.label, "mode": mode, "attack": attack,
-                                       "crafted_with": craft or "none", "evaluated_with": t,
+                                       "crafted_with": craft_type or "none", "evaluated_with": t,
                                        "iou_gt": _ious(adv[t], gt), "iou_clean": _ious(adv[t], clean[target.label][t])}
                                       for t in types]
     return entry

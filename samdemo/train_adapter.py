@@ -286,13 +286,10 @@ def _load_attacks(names: list[str], registry: Mapping | None) -> Mapping:
 
 
 def build_engine(cfg: AdapterTrainConfig) -> SegmentEngine:
-    from samdemo.build import build_architecture, get_spec, load_model
+    """The engine ``cfg`` names: a registry model, or a random one of the ``--arch`` YAML."""
+    from samdemo.factory import load_engine, random_engine
 
-    if cfg.arch:
-        torch.manual_seed(cfg.seed)
-        model, family = build_architecture(cfg.arch)
-        return SegmentEngine(model.eval(), family, name=f"random-{Path(cfg.arch).stem}")
-    return SegmentEngine(load_model(cfg.model), get_spec(cfg.model).family, name=cfg.model)
+    return random_engine(cfg.arch, cfg.seed) if cfg.arch else load_engine(cfg.model)
 
 
 def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None = None, resume: bool = True,

@@ -127,9 +127,9 @@ def cancel_long_attack(page) -> str:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     try:
-        from test_app_logic import tiny_lab, write_tiny_adapters
+        from test_app import tiny_lab, write_tiny_adapters
     except ImportError:
-        from tests.test_app_logic import tiny_lab, write_tiny_adapters
+        from tests.test_app import tiny_lab, write_tiny_adapters
     import app
 
     import torch
@@ -180,10 +180,11 @@ def test_a_user_session_in_chromium(app_url, tmp_path):
 def take_screenshot(path: Path) -> None:
     """The README screenshot: the real app (embedded models, shipped adapter) after one session."""
     import app
-    from samdemo import app_logic as L
     from playwright.sync_api import sync_playwright
 
-    lab = L.Lab()
+    from samdemo.app.handlers import Lab
+
+    lab = Lab()
     lab.preload("sam-small")
     demo = app.build_demo(lab)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,

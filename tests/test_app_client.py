@@ -1,7 +1,7 @@
 """End-to-end tests of the web app through its HTTP API with gradio_client.
 
 The app (``app.build_demo``) is served on 127.0.0.1 from a thread, with the tiny seeded test
-engines and a real "shipped" adapter (see test_app_logic.py); one test also starts
+engines and a real "shipped" adapter (see test_app.py); one test also starts
 ``python app.py`` itself in a subprocess to check the command line and the real start-up.
 """
 
@@ -21,13 +21,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 try:
-    from test_app_logic import tiny_lab, write_tiny_adapters
+    from test_app import tiny_lab, write_tiny_adapters
 except ImportError:  # tests/ imported as a package
-    from tests.test_app_logic import tiny_lab, write_tiny_adapters
+    from tests.test_app import tiny_lab, write_tiny_adapters
 
 import app
 from benchmarks._common import free_port, stop
-from samdemo import app_logic as L
+from samdemo.app.session import MODE_BOX, MODE_NEGATIVE, MODE_POSITIVE
+from samdemo.app.text import TABLE_HEADERS
 
 REPO = Path(__file__).resolve().parent.parent
 SCENE = REPO / "assets" / "scene-0.png"
@@ -60,16 +61,16 @@ def test_prompt_gives_a_mask(client):
     canvas, editor, status = client.predict(handle_file(str(SCENE)), "sam-small", api_name="/set_image")
     assert read_rgb(canvas).shape == (512, 512, 3) and "no prompt" in status
     plain = read_rgb(canvas)
-    canvas, status = client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    canvas, status = client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     assert "Clean mask of **sam-small**" in status and "1 positive point" in status
     drawn = read_rgb(canvas)
     assert drawn.shape == plain.shape and (drawn != plain).any(axis=2).mean() > 0.001  # point + mask drawn
     # the positive point is drawn green at the click (displayed at 2x)
     y, x = 200 + 4, 256 + 3  # the disc's centre is pixel (256, 200); its radius is 8
     assert drawn[y, x, 1] > 150 and drawn[y, x, 0] < 100
-    canvas, status = client.predict(L.MODE_BOX, "sam-small", 60, 40, api_name="/click")
+    canvas, status = client.predict(MODE_BOX, "sam-small", 60, 40, api_name="/click")
     assert "opposite corner" in status
-    canvas, status = client.predict(L.MODE_BOX, "sam-small", 200, 180, api_name="/click")
+    canvas, status = client.predict(MODE_BOX, "sam-small", 200, 180, api_name="/click")
     assert "a box" in status and "Clean mask" in status
     canvas, status = client.predict("sam-small", api_name="/undo")
     assert "corner" in status
@@ -79,7 +80,7 @@ def test_prompt_gives_a_mask(client):
 
 def test_attack_returns_the_four_panels_and_ious(client):
     client.predict("sam-small", 0, api_name="/load_example")
-    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     outputs = client.predict("sam-small", "shipped", "", "", "mask", "pgd", 8, 3, 0, "original", api_name="/attack")
     *panels, table, perturbation, caption, adv_png, timings = outputs
     assert len(panels) == 4
@@ -89,7 +90,7 @@ def test_attack_returns_the_four_panels_and_ious(client):
         assert read_rgb(panel["value"]).shape == (512, 512, 3)
         assert panel["label"].startswith(title)
         panel_ious.append(float(panel["label"].split("IoU ")[1].split()[0]))
-    assert table["headers"] == L.TABLE_HEADERS
+    assert table["headers"] == TABLE_HEADERS
     rows = table["data"]
     assert [r[:2] for r in rows] == [["original model", "clean"], ["original model", "adversarial"],
                                      ["robust model", "clean"], ["robust model", "adversarial"]]
@@ -113,7 +114,7 @@ def test_adaptive_attack_with_ground_truth(client, tmp_path):
     editor = {"background": None, "layers": [handle_file(str(path))], "composite": None, "id": None}
     canvas, status = client.predict(editor, "sam-small", api_name="/paint_ground_truth")
     assert "ground truth" in status
-    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     outputs = client.predict("sam-small", "shipped", "", "", "feature", "mifgsm", 4, 2, 1, "robust",
                              api_name="/attack")
     table = outputs[4]
@@ -142,7 +143,7 @@ def test_a_painted_layer_claiming_too_many_pixels_is_refused_before_decoding(cli
 
 def test_transfer_matrix_endpoint(client):
     client.predict("sam-small", 1, api_name="/load_example")
-    client.predict(L.MODE_POSITIVE, "sam-small", 60, 60, api_name="/click")
+    client.predict(MODE_POSITIVE, "sam-small", 60, 60, api_name="/click")
     plot, md = client.predict("sam-small", "none", "", "", "mask", "fgsm", 8, 1, 0, "original",
                               api_name="/transfer")
     assert plot["type"] == "matplotlib" and plot["plot"] and "prompt type" in md
@@ -152,13 +153,13 @@ def test_switching_to_sam2(client):
     info, adapter_md, plot = client.predict("sam2-small", "shipped", "", "", api_name="/load_model")
     assert info.startswith("**sam2-small**") and "trainable values" in adapter_md and plot["type"] == "matplotlib"
     client.predict("sam2-small", 1, api_name="/load_example")
-    _, status = client.predict(L.MODE_POSITIVE, "sam2-small", 100, 120, api_name="/click")
+    _, status = client.predict(MODE_POSITIVE, "sam2-small", 100, 120, api_name="/click")
     assert "Clean mask of **sam2-small**" in status
 
 
 def test_quick_successive_clicks_are_all_kept(client):
     client.predict("sam-small", 2, api_name="/load_example")
-    jobs = [client.submit(L.MODE_POSITIVE, "sam-small", 20 + 20 * i, 30, api_name="/click") for i in range(5)]
+    jobs = [client.submit(MODE_POSITIVE, "sam-small", 20 + 20 * i, 30, api_name="/click") for i in range(5)]
     statuses = [job.result()[1] for job in jobs]
     assert sorted(int(s.split("Prompts: ")[1].split()[0]) for s in statuses) == [1, 2, 3, 4, 5]
 
@@ -167,7 +168,7 @@ def test_sessions_do_not_see_each_other(url):
     a, b = Client(url, verbose=False), Client(url, verbose=False)
     a.predict("sam-small", 2, api_name="/load_example")
     b.predict("sam-small", 3, api_name="/load_example")
-    _, status_a = a.predict(L.MODE_NEGATIVE, "sam-small", 30, 30, api_name="/click")
+    _, status_a = a.predict(MODE_NEGATIVE, "sam-small", 30, 30, api_name="/click")
     assert "1 negative point" in status_a
     _, status_b = b.predict("sam-small", api_name="/undo")
     assert status_b.startswith("Nothing to undo")
@@ -175,17 +176,17 @@ def test_sessions_do_not_see_each_other(url):
 
 def test_errors_are_readable_and_the_server_keeps_serving(client):
     with pytest.raises(AppError, match="Upload or paste an image first"):
-        client.predict(L.MODE_POSITIVE, "sam-small", 5, 5, api_name="/click")
+        client.predict(MODE_POSITIVE, "sam-small", 5, 5, api_name="/click")
     client.predict("sam-small", 0, api_name="/load_example")
     with pytest.raises(AppError, match="outside"):
-        client.predict(L.MODE_POSITIVE, "sam-small", 5000, 5, api_name="/click")
+        client.predict(MODE_POSITIVE, "sam-small", 5000, 5, api_name="/click")
     with pytest.raises(AppError, match="No prompt"):
         client.predict("sam-small", "none", "", "", "mask", "pgd", 8, 2, 0, "original", api_name="/attack")
     with pytest.raises(AppError, match="Pick one of the example"):
         client.predict("sam-small", 1000, api_name="/load_example")
     info, adapter_md, plot = client.predict("sam-small", "hub", "../../etc", "", api_name="/load_model")
     assert "not a Hugging Face Hub repo id" in adapter_md
-    _, status = client.predict(L.MODE_POSITIVE, "sam-small", 50, 50, api_name="/click")
+    _, status = client.predict(MODE_POSITIVE, "sam-small", 50, 50, api_name="/click")
     assert "Clean mask" in status
     assert client.predict(api_name="/cancel") == "No attack is running."
 

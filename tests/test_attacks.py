@@ -16,6 +16,8 @@ from samdemo.attacks.generators import MIFGSM, segpgd_lambda, segpgd_weights
 from samdemo.attacks.transfer import format_matrix, transfer_matrix
 from samdemo.build import CHECKPOINT_DIR
 from samdemo.engine import ImageFeatures
+from samdemo.factory import load_engine
+from samdemo.pipeline import AttackRequest
 from samdemo.prompts import box_prompt, mask_prompt, point_prompt
 from tests.conftest import tiny_engine
 
@@ -303,17 +305,18 @@ def test_transfer_matrix_structure(sam):
     gt[0, 5:25, 5:30] = True
     gt[1, 35:60, 30:62] = True
     progress = []
-    result = transfer_matrix(sam, image, gt, attacks=("cross-prompt", "mask", "random"), steps=2,
+    result = transfer_matrix(sam, image, gt, attacks=("cross-prompt", "mask", "random"),
+                             request=AttackRequest(steps=2),
                              progress=lambda row, t, n: progress.append(row), keep_images=True)
-    assert result["rows"] == ["cross-prompt", "mask@point", "mask@box", "mask@mask", "random"]
-    assert result["cols"] == ["point", "box", "mask"]
-    assert result["iou_vs_clean"].shape == result["iou_vs_gt"].shape == (5, 3)
-    assert result["per_object_vs_gt"].shape == (5, 3, 2) and result["clean_vs_gt"].shape == (3,)
-    assert ((0 <= result["iou_vs_clean"]) & (result["iou_vs_clean"] <= 1)).all()
-    assert set(result["adv_images"]) == set(result["rows"]) and "mask@box" in progress
+    assert result.rows == ["cross-prompt", "mask@point", "mask@box", "mask@mask", "random"]
+    assert result.cols == ["point", "box", "mask"]
+    assert result.iou_vs_clean.shape == result.iou_vs_gt.shape == (5, 3)
+    assert result.per_object_vs_gt.shape == (5, 3, 2) and result.clean_vs_gt.shape == (3,)
+    assert ((0 <= result.iou_vs_clean) & (result.iou_vs_clean <= 1)).all()
+    assert set(result.adv_images) == set(result.rows) and "mask@box" in progress
     assert "mask@mask" in format_matrix(result)
-    no_gt = transfer_matrix(sam, image, attacks=("random",), steps=1)  # centre-point object, no ground truth
-    assert no_gt["iou_vs_gt"] is None and no_gt["iou_vs_clean"].shape == (1, 3)
+    no_gt = transfer_matrix(sam, image, attacks=("random",), request=AttackRequest(steps=1))  # centre-point object, no ground truth
+    assert no_gt.iou_vs_gt is None and no_gt.iou_vs_clean.shape == (1, 3)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -377,15 +380,16 @@ def test_attacks_beat_random_control_on_trained_model():
     from samdemo.engine import SegmentEngine
     from samdemo.scenes import validation_scenes
 
-    engine = SegmentEngine.from_name("sam-small", device="cpu")
+    engine = load_engine("sam-small", device="cpu")
     engine.model.requires_grad_(False)
     vs_clean: dict[str, list] = {}
     vs_gt: dict[str, list] = {}
     for scene in validation_scenes(3):
         result = transfer_matrix(engine, scene.image, scene.masks[:3], attacks=("cross-prompt", "mask", "feature",
-                                                                               "random"), steps=10, craft_types=("box",))
-        for row, clean_values, gt_values in zip(result["rows"], result["per_object_vs_clean"],
-                                                result["per_object_vs_gt"]):
+                                                                               "random"), request=AttackRequest(steps=10),
+                                 craft_types=("box",))
+        for row, clean_values, gt_values in zip(result.rows, result.per_object_vs_clean,
+                                                result.per_object_vs_gt):
             vs_clean.setdefault(row, []).append(clean_values[:2])  # point and box evaluation
             vs_gt.setdefault(row, []).append(gt_values[:2])
     clean_iou = {row: np.concatenate(v, axis=1).mean(1) for row, v in vs_clean.items()}

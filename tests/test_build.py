@@ -13,6 +13,7 @@ import torch
 from samdemo.build import (CHECKPOINT_DIR, DEFAULT_MODEL, MODEL_REGISTRY, ModelUnavailableError, build_architecture,
                            get_spec, load_model, read_state_dict)
 from samdemo.engine import SegmentEngine, image_to_tensor
+from samdemo.factory import load_engine
 from tests.test_engine import example_prompts, reference_logits, reference_predictor
 
 
@@ -101,7 +102,7 @@ def test_plain_checkpoints_load_with_weights_only(tmp_path):
 def test_embedded_models_load_offline(name):
     if not (CHECKPOINT_DIR / get_spec(name).local_file).exists():
         pytest.skip(f"{name} weights are not in checkpoints/ (being trained)")
-    engine = SegmentEngine.from_name(name, device="cpu")
+    engine = load_engine(name, device="cpu")
     size = sum(p.numel() for p in engine.model.parameters())
     assert 1e6 < size < 10e6  # under the 40 MB limit at fp32
 

@@ -37,13 +37,13 @@ def lines(path) -> list[str]:
 def crafted(monkeypatch):
     """Counts the attacks actually crafted (the real function runs)."""
     calls = []
-    real = evaluate.craft_attack
+    real = evaluate.craft
 
-    def counting(engine, image, objects, attack, craft_type, **kwargs):
-        calls.append((engine.adapter_tag, attack, craft_type))
-        return real(engine, image, objects, attack, craft_type, **kwargs)
+    def counting(request, engine, images, prompts=None, *args):
+        calls.append((engine.adapter_tag, request.attack, prompts[0].kind if prompts else None))
+        return real(request, engine, images, prompts, *args)
 
-    monkeypatch.setattr(evaluate, "craft_attack", counting)
+    monkeypatch.setattr(evaluate, "craft", counting)
     return calls
 
 

@@ -1,6 +1,6 @@
 """Reliability and security (issue #8): bad inputs, limits, concurrency and faults, through the real entry points.
 
-* the functions behind the UI (``samdemo.app_logic``, the tiny seeded engines of test_app_logic.py);
+* the functions behind the UI (the ``samdemo.app`` package, the tiny seeded engines of test_app.py);
 * the running app through gradio_client (the server of test_app_client.py, launched with the app's
   limits; the soak test serves the real embedded sam-small);
 * the CLI (``python -m samdemo attack``: its ``main(argv)`` in-process, and once as a subprocess).
@@ -38,14 +38,17 @@ from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw
 
 import app
-from samdemo import app_logic as L
-from samdemo import build, limits
+from samdemo.app.handlers import Lab, error_message
+from samdemo.app.models import ADAPTER_HUB, AdapterChoice, ModelManager, default_engine_factory
+from samdemo.app.session import MODE_BOX, MODE_POSITIVE, PromptState, Session, display_scale
+from samdemo import build, limits, pipeline
+from samdemo.app import handlers
 from samdemo.adapter import apply_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, build_architecture
 from samdemo.engine import EmbeddingCache, SegmentEngine
 from samdemo.errors import UserError
 from tests.test_app_client import client, free_port, url  # noqa: F401  (the app served with the tiny engines)
-from tests.test_app_logic import adapter_root, lab, scene_session, tiny_engine  # noqa: F401
+from tests.test_app import adapter_root, lab, scene_session, tiny_engine  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 NOOP = lambda *a, **k: None  # noqa: E731  (a gr.Progress stand-in)
@@ -55,20 +58,20 @@ NOOP = lambda *a, **k: None  # noqa: E731  (a gr.Progress stand-in)
 def assert_lab_serves(lab, model: str = "sam-small") -> None:
     """A normal request after a refused one: an example, a click, its clean mask."""
     session = scene_session(lab, 0, model)
-    session, canvas, status = lab.on_click(session, L.MODE_POSITIVE, model, 128, 100)
+    session, canvas, status = lab.on_click(session, MODE_POSITIVE, model, 128, 100)
     assert "Clean mask" in status and canvas is not None, status
 
 
 def assert_lab_attacks(lab, model: str = "sam-small") -> None:
     session = scene_session(lab, 1, model)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, model, 60, 60)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, model, 60, 60)
     outputs = lab.on_attack(session, model, "none", "", "", "mask", "fgsm", 4, 1, 0, "original", None, NOOP)
     assert outputs[4][0][:2] == ["original model", "clean"] and "Timings" in outputs[-1]
 
 
 def assert_client_serves(client) -> None:  # noqa: F811
     client.predict("sam-small", 0, api_name="/load_example")
-    _, status = client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    _, status = client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     assert "Clean mask" in status, status
 
 
@@ -205,17 +208,17 @@ def test_refused_uploads_give_a_clear_message(lab, tmp_path, kind):
 def test_odd_uploads_are_segmented_as_shown(lab, tmp_path, kind):
     """The image the user sees is the image segmented: converted right, EXIF-rotated, first frame."""
     path, expected, note = image_case(kind, tmp_path)
-    session, canvas, editor, status = lab.on_upload(L.Session(), str(path), "sam-small")
+    session, canvas, editor, status = lab.on_upload(Session(), str(path), "sam-small")
     assert close_to(session.image, expected, kind), (kind, session.image.shape)
-    s = L.display_scale(expected.shape[:2])
+    s = display_scale(expected.shape[:2])
     assert canvas.shape == (expected.shape[0] * s, expected.shape[1] * s, 3) and note in status
     # a click where the viewer shows the red square lands on it (image frame = what is shown)
-    session, _, status = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 150, 40)
+    session, _, status = lab.on_click(session, MODE_POSITIVE, "sam-small", 150, 40)
     assert "Clean mask" in status and np.abs(session.image[40, 150].astype(int) - expected[40, 150]).max() <= 25
 
 
 def test_huge_jpeg_is_decoded_small_and_downscaled_with_a_notice(lab, huge_jpeg):
-    session, canvas, _, status = lab.on_upload(L.Session(), str(huge_jpeg), "sam-small")
+    session, canvas, _, status = lab.on_upload(Session(), str(huge_jpeg), "sam-small")
     assert session.image.shape == (1024, 1024, 3) and "Resized from 10000x10000 to 1024x1024" in status
     assert tuple(session.image[300, 700]) == pytest.approx((230, 40, 40), abs=10)  # the disc, at 7000/10000
     assert_lab_serves(lab)
@@ -239,7 +242,7 @@ def test_pixel_cap_applies_before_decoding(monkeypatch, tmp_path):
 def test_clicks_outside_the_image_are_refused(lab, x, y, message):
     session = scene_session(lab, 0)
     with pytest.raises(gr.Error, match=message):
-        lab.on_click(session, L.MODE_POSITIVE, "sam-small", x, y)
+        lab.on_click(session, MODE_POSITIVE, "sam-small", x, y)
     assert session.prompts.is_empty
     assert_lab_serves(lab)
 
@@ -247,7 +250,7 @@ def test_clicks_outside_the_image_are_refused(lab, x, y, message):
 @pytest.mark.parametrize("index", [None, float("nan"), -100, -1, 1.5, 10**9, "../../etc/passwd", "x" * 10**6])
 def test_bad_example_numbers_are_refused(lab, index):
     with pytest.raises(gr.Error, match="Pick one of the example images") as refused:
-        lab.on_example_index(L.Session(), "sam-small", index)
+        lab.on_example_index(Session(), "sam-small", index)
     assert len(str(refused.value)) < 300  # what the user sent is quoted, cut to a readable length
     assert_lab_serves(lab)
 
@@ -257,24 +260,24 @@ def test_canvas_clicks_need_finite_coordinates_like_the_api(lab, index):
     session = scene_session(lab, 0)
     event = type("Select", (), {"index": list(index)})()
     with pytest.raises(gr.Error, match="finite"):
-        lab.on_select(session, L.MODE_POSITIVE, "sam-small", event)
+        lab.on_select(session, MODE_POSITIVE, "sam-small", event)
     assert session.prompts.is_empty
 
 
 @pytest.mark.parametrize("repo", ["owner/name.", "owner/na--me", "owner/name..x", "a" * 10**6 + "/b"])
 def test_hub_repo_ids_follow_the_hubs_rules_and_are_not_echoed_whole(repo):
     with pytest.raises(UserError, match="not a Hugging Face Hub repo id") as refused:
-        L.AdapterChoice.parse("hub", repo, "")
+        AdapterChoice.parse("hub", repo, "")
     assert len(str(refused.value)) < 300
 
 
 def test_zero_area_and_inverted_boxes(lab):
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_BOX, "sam-small", 50, 50)
+    session, _, _ = lab.on_click(session, MODE_BOX, "sam-small", 50, 50)
     for x, y in [(50, 50), (50.5, 120), (120, 51)]:  # zero area, then too thin either way
         with pytest.raises(gr.Error, match="too thin"):
-            lab.on_click(session, L.MODE_BOX, "sam-small", x, y)
-    inverted, _, status = lab.on_click(session, L.MODE_BOX, "sam-small", 10, 20)  # corners in reverse order
+            lab.on_click(session, MODE_BOX, "sam-small", x, y)
+    inverted, _, status = lab.on_click(session, MODE_BOX, "sam-small", 10, 20)  # corners in reverse order
     assert inverted.prompts.box == (10.0, 20.0, 50.0, 50.0) and "Clean mask" in status
     assert_lab_serves(lab)
 
@@ -304,7 +307,7 @@ def test_empty_and_full_painted_masks(lab):
     (8, 2, -1, "seed"), (8, 2, 2**64, "seed"), (8, 2, float("inf"), "seed")])
 def test_bad_attack_settings_are_refused(lab, eps, steps, seed, message):
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
     folder = Path(tempfile.gettempdir()) / "samdemo-app"
     before = set(folder.glob("*.png")) if folder.exists() else set()
     with pytest.raises(gr.Error, match=message):
@@ -317,7 +320,7 @@ def test_unknown_model_names(lab):
     info, _, _ = lab.on_model("sam-vit-zzz", "shipped", "", "")
     assert info.startswith("⚠️ Unknown model 'sam-vit-zzz'")
     session = scene_session(lab, 0)
-    session, _, status = lab.on_click(session, L.MODE_POSITIVE, "../../etc/passwd", 10, 10)
+    session, _, status = lab.on_click(session, MODE_POSITIVE, "../../etc/passwd", 10, 10)
     assert "⚠️ Unknown model" in status  # the click is kept, the status says why there is no mask
     with pytest.raises(gr.Error, match="Unknown model"):
         lab.on_attack(session, "nope", "none", "", "", "mask", "pgd", 8, 1, 0, "original", None, NOOP)
@@ -327,7 +330,7 @@ def test_unknown_model_names(lab):
 def test_time_limit_stops_a_long_attack(lab, monkeypatch):
     monkeypatch.setattr(limits, "ATTACK_TIME_LIMIT_S", 0.0)
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
     start = time.perf_counter()
     with pytest.raises(gr.Error, match=r"stopped after .* at step 1 of 50.*fewer steps"):
         lab.on_attack(session, "sam-small", "none", "", "", "mask", "pgd", 8, 50, 0, "original", None, NOOP)
@@ -343,11 +346,11 @@ def test_a_session_holds_bounded_memory(monkeypatch):
     """Painted masks kept for undo: at most UNDO_STEPS states and SESSION_MB of masks, oldest dropped."""
     monkeypatch.setattr(limits, "SESSION_MB", 3.0)
     monkeypatch.setattr(limits, "UNDO_STEPS", 5)
-    session = L.Session(image=np.zeros((1024, 1024, 3), np.uint8))
+    session = Session(image=np.zeros((1024, 1024, 3), np.uint8))
     for i in range(40):  # 40 paints of a fresh 1 MiB mask each
         mask = np.zeros((1024, 1024), bool)
         mask[i:i + 100, :100] = True
-        session.push(L.PromptState(mask=mask))
+        session.push(PromptState(mask=mask))
         assert session.painted_bytes() <= 3 * 2**20 and len(session.history) <= 5
     assert session.prompts.mask[39, 0] and len(session.history) >= 1  # the latest paint is kept, undo still works
     shared = session.prompts.mask
@@ -373,7 +376,7 @@ def test_limits_from_the_environment(monkeypatch):
         monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
         assert limits.limit_malloc_arenas() is False  # the environment's choice stands
     monkeypatch.setattr(limits, "EMBEDDING_CACHE_MB", 3.5)  # what SAMDEMO_EMBEDDING_CACHE_MB sets at import
-    assert L.ModelManager(factory=lambda name: None).cache.max_bytes == int(3.5 * 2**20)
+    assert ModelManager(factory=lambda name: None).cache.max_bytes == int(3.5 * 2**20)
 
 
 # ============================================================================ adapters and checkpoints
@@ -415,11 +418,11 @@ def _broken_adapter(root: Path, good: Path, kind: str) -> str:
 def test_bad_adapters_are_refused_and_the_model_still_works(adapter_root, tmp_path, kind):  # noqa: F811
     message = _broken_adapter(tmp_path, adapter_root, kind)
     cache = EmbeddingCache()
-    lab = L.Lab(L.ModelManager(lambda name: tiny_engine(name, cache), cache=cache, adapter_root=tmp_path))  # noqa: F811
+    lab = Lab(ModelManager(lambda name: tiny_engine(name, cache), cache=cache, adapter_root=tmp_path))  # noqa: F811
     info, adapter_md, figure = lab.on_model("sam-small", "shipped", "", "")
     assert "M parameters" in info and adapter_md.startswith("⚠️") and message in adapter_md and figure is None
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
     with pytest.raises(gr.Error, match="[Aa]dapter"):
         lab.on_attack(session, "sam-small", "shipped", "", "", "mask", "fgsm", 4, 1, 0, "original", None, NOOP)
     assert not (tmp_path / "adapter-payload-ran").exists()
@@ -439,8 +442,8 @@ def test_payload_checkpoint_is_refused_by_the_app(lab, tmp_path, monkeypatch):
     for model, refusal in [("sam2.1-hiera-tiny", "not a plain tensor checkpoint (refused by torch.load(weights_only=True)"),
                            ("sam-vit-b", "is not the published checkpoint")]:
         write_payload_pth(tmp_path / build.MODEL_REGISTRY[model].local_file, marker)
-        manager = L.ModelManager(L.default_engine_factory(EmbeddingCache()))
-        info, _, _ = L.Lab(manager).on_model(model, "none", "", "")
+        manager = ModelManager(default_engine_factory(EmbeddingCache()))
+        info, _, _ = Lab(manager).on_model(model, "none", "", "")
         assert refusal in info, info
         assert not marker.exists()
     assert_lab_serves(lab)
@@ -473,12 +476,12 @@ def online_hub(monkeypatch, tmp_path):
     return point_at
 
 
-def hub_lab(adapter_root: Path) -> L.Lab:  # noqa: F811
+def hub_lab(adapter_root: Path) -> Lab:  # noqa: F811
     """Embedded names -> the tiny engines; full-size names -> the real loader (download from the Hub)."""
     cache = EmbeddingCache()
-    real = L.default_engine_factory(cache)
+    real = default_engine_factory(cache)
     factory = lambda name: tiny_engine(name, cache) if name in ("sam-small", "sam2-small") else real(name)  # noqa: E731
-    return L.Lab(L.ModelManager(factory, cache=cache, adapter_root=adapter_root))
+    return Lab(ModelManager(factory, cache=cache, adapter_root=adapter_root))
 
 
 @pytest.mark.parametrize("hub", ["closed port", "silent"])
@@ -528,15 +531,15 @@ def out_of_memory(*args, **kwargs):
 
 def test_gpu_out_of_memory_says_what_to_change_and_the_next_request_works(lab, monkeypatch):
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
-    monkeypatch.setattr(L, "make_attack", out_of_memory)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
+    monkeypatch.setattr(pipeline, "craft", out_of_memory)
     with pytest.raises(gr.Error, match="Out of GPU memory: try fewer steps.*smaller model"):
         lab.on_attack(session, "sam-small", "shipped", "", "", "mask", "pgd", 8, 10, 0, "original", None, NOOP)
     monkeypatch.undo()
     engine = lab.manager.engine("sam-small")
     monkeypatch.setattr(engine, "predict", out_of_memory)
     with pytest.raises(gr.Error, match="Out of GPU memory"):
-        lab.on_click(session, L.MODE_POSITIVE, "sam-small", 20, 20)
+        lab.on_click(session, MODE_POSITIVE, "sam-small", 20, 20)
     monkeypatch.undo()
     assert_lab_attacks(lab)
 
@@ -633,9 +636,9 @@ def test_client_odd_uploads_are_shown_as_segmented(client, tmp_path, kind):  # n
     path, expected, note = image_case(kind, tmp_path)
     canvas, _, status = client.predict(handle_file(str(path)), "sam-small", api_name="/set_image")
     shown = cv2.cvtColor(cv2.imread(canvas, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    s = L.display_scale(expected.shape[:2])
+    s = display_scale(expected.shape[:2])
     assert close_to(shown[::s, ::s], expected, kind) and note in status
-    _, status = client.predict(L.MODE_POSITIVE, "sam-small", 150, 40, api_name="/click")
+    _, status = client.predict(MODE_POSITIVE, "sam-small", 150, 40, api_name="/click")
     assert "Clean mask" in status
 
 
@@ -645,19 +648,19 @@ def test_client_limits_and_bad_values(client, tmp_path):  # noqa: F811
     with pytest.raises(Exception, match="(?i)exceeds the maximum|too large|413"):
         client.predict(handle_file(str(too_big)), "sam-small", api_name="/set_image")
     client.predict("sam-small", 0, api_name="/load_example")
-    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     for eps, steps in [(8, 10**9), (-1, 2), (8, 0)]:  # the sliders' own bounds
         with pytest.raises(AppError, match="(?i)value .* (greater|less) than"):
             client.predict("sam-small", "none", "", "", "mask", "pgd", eps, steps, 0, "original", api_name="/attack")
     with pytest.raises(AppError, match="finite"):
-        client.predict(L.MODE_POSITIVE, "sam-small", None, 5, api_name="/click")
+        client.predict(MODE_POSITIVE, "sam-small", None, 5, api_name="/click")
     assert_client_serves(client)
 
 
 def test_client_out_of_memory_and_time_limit(client, monkeypatch):  # noqa: F811
     client.predict("sam-small", 0, api_name="/load_example")
-    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
-    monkeypatch.setattr(L, "make_attack", out_of_memory)  # the server runs in this process
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    monkeypatch.setattr(pipeline, "craft", out_of_memory)  # the server runs in this process
     with pytest.raises(AppError, match="Out of GPU memory: try fewer steps"):
         client.predict("sam-small", "shipped", "", "", "mask", "pgd", 8, 2, 0, "original", api_name="/attack")
     monkeypatch.undo()
@@ -678,8 +681,8 @@ def test_gradio_cancel_stops_the_attack_before_the_lane_frees(client, monkeypatc
 
     events = []
 
-    def slow_attack(*args, **kwargs):  # run_attack(manager, model, choice, image, prompts, settings, progress, cancel)
-        cancel = args[7]
+    def slow_attack(*args, **kwargs):  # run_attack(manager, job, image, prompts, progress, cancel)
+        cancel = args[5]
         events.append(("start", time.monotonic()))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -695,9 +698,9 @@ def test_gradio_cancel_stops_the_attack_before_the_lane_frees(client, monkeypatc
         while len(events) < count and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    monkeypatch.setattr(L, "run_attack", slow_attack)  # the server runs in this process
+    monkeypatch.setattr(handlers, "run_attack", slow_attack)  # the server runs in this process
     client.predict("sam-small", 0, api_name="/load_example")
-    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     settings = ("sam-small", "none", "", "", "mask", "pgd", 8, 2, 0, "original")
     first = client.submit(*settings, api_name="/attack")
     wait_for(1)
@@ -715,7 +718,7 @@ def test_gradio_cancel_stops_the_attack_before_the_lane_frees(client, monkeypatc
 
 def test_values_of_the_wrong_type_get_the_apps_message(client, url):  # noqa: F811
     client.predict("sam-small", 0, api_name="/load_example")
-    client.predict(L.MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     attack = ("sam-small", "none", "", "", "mask", "pgd")
     for eps, steps, seed, message in [("abc", 1, 0, "ε .* must be a number"), (8, "many", 0, "Steps must be a number"),
                                       (8, 1, "x" * 10**5, "Seed must be a number")]:
@@ -753,7 +756,7 @@ def test_messages_never_show_server_paths(url):  # noqa: F811
         assert "event: error" in stream and str(upload_dir) not in stream and str(folder) not in stream, stream[:500]
     error = build.ModelUnavailableError(f"Model 'x': put the file at {build.CHECKPOINT_DIR / 'x.pt'} or "
                                         f"{Path.home() / '.cache/huggingface/hub'}; see https://huggingface.co/a/b")
-    message = L.error_message(error)
+    message = error_message(error)
     assert str(build.CHECKPOINT_DIR) not in message and str(Path.home()) not in message
     assert "x.pt" in message and "https://huggingface.co/a/b" in message
 
@@ -776,7 +779,7 @@ def test_raw_api_cannot_read_server_files(url, tmp_path):  # noqa: F811
 def real_url():
     if not (build.CHECKPOINT_DIR / "sam-small" / "model.safetensors").exists():
         pytest.skip("the embedded sam-small weights are not in checkpoints/")
-    demo = app.build_demo(L.Lab())
+    demo = app.build_demo(Lab())
     _, local_url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                                   quiet=True, **app.LAUNCH_LIMITS)
     yield local_url
@@ -807,14 +810,14 @@ def test_space_settings_come_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("SAMDEMO_ADAPTER_REPO", "owner/robust-sam@0123abc")
     args = app.parse_args([])
     assert args.model == "sam2-small"
-    assert args.adapter == L.AdapterChoice(L.ADAPTER_HUB, "owner/robust-sam", "0123abc")
+    assert args.adapter == AdapterChoice(ADAPTER_HUB, "owner/robust-sam", "0123abc")
     monkeypatch.setenv("SAMDEMO_ADAPTER_REPO", "owner/name.")
     with pytest.raises(SystemExit):
         app.parse_args([])
     assert "not a Hugging Face Hub repo id" in capsys.readouterr().err
     monkeypatch.delenv("SAMDEMO_ADAPTER_REPO")
-    assert app.parse_args(["--model", "sam-small"]).adapter == L.AdapterChoice()  # the shipped adapter
-    demo = app.build_demo(L.Lab(), "sam2-small", L.AdapterChoice(L.ADAPTER_HUB, "owner/robust-sam", "v1"))
+    assert app.parse_args(["--model", "sam-small"]).adapter == AdapterChoice()  # the shipped adapter
+    demo = app.build_demo(Lab(), "sam2-small", AdapterChoice(ADAPTER_HUB, "owner/robust-sam", "v1"))
     values = {getattr(block, "label", None): getattr(block, "value", None) for block in demo.blocks.values()}
     assert values["Hub repo id"] == "owner/robust-sam" and values["Revision"] == "v1"
     assert values["Attack"] == "cross-prompt"  # the mission's attack is the default

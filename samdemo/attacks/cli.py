@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samdemo.attacks.base import DEFAULT_STEPS, EPS_MAX_255, eps_from_255
+from samdemo.attacks.base import DEFAULT_STEPS, EPS_MAX_255
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -42,21 +42,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-random-start", action="store_true")
 
 
-def load_engine(model: str, weights: Path | None = None):
-    from samdemo.build import build_architecture, get_spec, read_state_dict
-    from samdemo.engine import SegmentEngine
-
-    if weights is None:
-        return SegmentEngine.from_name(model)
-    if not weights.exists():
-        raise FileNotFoundError(f"weights file {weights} does not exist.")
-    spec = get_spec(model)
-    net, family = build_architecture(spec.config)
-    net.load_state_dict(read_state_dict(weights))
-    return SegmentEngine(net.eval(), family, name=f"{model}:{weights.name}")
-
-
-def read_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+def read_user_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
     """The image as a viewer shows it (EXIF orientation applied), within the app's limits
     (``samdemo.limits``: pixels counted before decoding, larger images downscaled, with a note on
     stderr), and the file's own (height, width), the frame of the user's prompts."""
@@ -86,50 +72,44 @@ def user_prompts(args, hw: tuple[int, int], scale: float = 1.0):
 
 
 def run(args) -> int:
-    from samdemo.attacks import make_attack
     from samdemo.attacks.transfer import object_prompts
-    from samdemo.engine import image_to_tensor
+    from samdemo.factory import load_engine
     from samdemo.limits import is_out_of_memory, out_of_memory_message
-    from samdemo.metrics import mask_iou
+    from samdemo.pipeline import AttackRequest, run_attack
     from samdemo.prompts import point_prompt
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file (lossless); got {args.out.name!r}.")
-    eps = eps_from_255(args.eps)
-    step_size = None if args.step_size is None else args.step_size / 255
-    image, shown_hw = read_image(args.image)
+    request = AttackRequest(attack=args.attack, generator=args.generator, eps255=args.eps, steps=args.steps,
+                            step_size255=args.step_size, random_start=not args.no_random_start, seed=args.seed)
+    image, shown_hw = read_user_image(args.image)
     h, w = image.shape[:2]
     prompt = user_prompts(args, shown_hw, w / shown_hw[1])
-    engine = load_engine(args.model, args.weights)
+    engine = load_engine(args.model, args.weights, frozen=True)
     own = prompt if prompt is not None else point_prompt(w / 2, h / 2)
-
-    attack = make_attack(args.attack, engine, eps=eps, steps=args.steps, step_size=step_size,
-                         generator=args.generator, random_start=not args.no_random_start, seed=args.seed,
-                         progress=lambda t, total: print(f"\rstep {t}/{total}", end="", file=sys.stderr, flush=True))
+    # evaluated: the user's prompt, and the point / box / mask prompts of its clean object
+    objects, _ = object_prompts(engine, image, prompts=[own])
+    evaluated = {"your prompt" if prompt is not None else "centre point": own} | objects[0]
     try:
-        result = attack(image_to_tensor(image), [own] if attack.uses_prompts else None)
+        outcome = run_attack(request, {engine.name: engine}, image, list(evaluated.values()), craft_prompts=[own],
+                             progress=lambda t, total: print(f"\rstep {t}/{total}", end="", file=sys.stderr,
+                                                             flush=True))
     except (RuntimeError, MemoryError) as error:  # out of memory: say what to change
         if is_out_of_memory(error):
             raise RuntimeError(out_of_memory_message(error)) from None
         raise
     print(file=sys.stderr)
-    adv = result.to_uint8()
+    adv = outcome.adversarial
     from PIL import Image
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(adv).save(args.out)
-
-    # evaluate: the user's prompt, and point / box / mask prompts of its clean object
-    objects, _ = object_prompts(engine, image, prompts=[own])
-    evaluated = {"your prompt" if prompt is not None else "centre point": own} | objects[0]
-    clean_pred = engine.predict(image, list(evaluated.values())).masks.cpu().numpy()
-    adv_pred = engine.predict(adv, list(evaluated.values())).masks.cpu().numpy()
     linf = int(np.abs(adv.astype(int) - image.astype(int)).max())
-    print(f"{args.attack} on {engine.name}: eps {args.eps:g}/255, {result.info['steps_run']} steps "
-          f"({args.generator}), {result.seconds:.1f} s, L-inf {linf}/255 -> {args.out}")
+    print(f"{args.attack} on {engine.name}: eps {args.eps:g}/255, {outcome.timings['steps_run']} steps "
+          f"({args.generator}), {outcome.result.seconds:.1f} s, L-inf {linf}/255 -> {args.out}")
     print("IoU(adversarial, clean) per prompt:")
-    for (kind, _), clean_mask, adv_mask in zip(evaluated.items(), clean_pred, adv_pred):
-        print(f"  {kind:>13}: {mask_iou(adv_mask, clean_mask):.3f}")
+    for kind, iou in zip(evaluated, outcome.iou(engine.name, "adversarial")):
+        print(f"  {kind:>13}: {iou:.3f}")
     return 0
 
 

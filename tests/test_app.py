@@ -1,4 +1,4 @@
-"""Tests of samdemo.app_logic: everything behind the web app, without a browser.
+"""Tests of the samdemo.app package: everything behind the web app, without a browser.
 
 The engines are the tiny random-init test architectures (``samdemo/configs/*_tiny_test.yaml``),
 seeded, registered under the embedded models' names so that the registry checks pass; the
@@ -18,7 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from samdemo import app_logic as L
+from samdemo.app.actions import AttackJob, PANEL_KEYS, TARGET_ROBUST, run_attack
+from samdemo.app.examples import ASSETS_DIR, read_example
+from samdemo.app.handlers import Lab, TRANSFER_ROWS, gpu
+from samdemo.app.models import AdapterChoice, ModelManager, model_choices
+from samdemo.app.render import perturbation_image, render_overlay, transfer_figure
+from samdemo.app.session import (MODE_BOX, MODE_MASK, MODE_NEGATIVE, MODE_POSITIVE, PromptState, Session,
+                                 add_click, clear_prompts, display_scale, normalize_image, painted_mask,
+                                 set_image, set_painted, to_image_frame, undo)
+from samdemo.errors import ModelUnavailableError, UserError
+from samdemo.metrics import mask_iou
 from samdemo.adapter import apply_adapter, remove_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, MODEL_REGISTRY, build_architecture
 from samdemo.engine import EmbeddingCache, SegmentEngine
@@ -47,10 +56,10 @@ def write_tiny_adapters(root: Path) -> Path:
     return root
 
 
-def tiny_lab(adapter_root: Path) -> L.Lab:
+def tiny_lab(adapter_root: Path) -> Lab:
     cache = EmbeddingCache()
-    manager = L.ModelManager(lambda name: tiny_engine(name, cache), cache=cache, adapter_root=adapter_root)
-    return L.Lab(manager)
+    manager = ModelManager(lambda name: tiny_engine(name, cache), cache=cache, adapter_root=adapter_root)
+    return Lab(manager)
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +68,12 @@ def adapter_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lab(adapter_root) -> L.Lab:
+def lab(adapter_root) -> Lab:
     return tiny_lab(adapter_root)
 
 
-def scene_session(lab: L.Lab, index: int = 0, model: str = "sam-small") -> L.Session:
-    session, canvas, editor, status = lab.on_example(L.Session(), model, SimpleNamespace(index=index))
+def scene_session(lab: Lab, index: int = 0, model: str = "sam-small") -> Session:
+    session, canvas, editor, status = lab.on_example(Session(), model, SimpleNamespace(index=index))
     assert canvas is not None and editor["background"].shape == canvas.shape
     return session
 
@@ -72,40 +81,40 @@ def scene_session(lab: L.Lab, index: int = 0, model: str = "sam-small") -> L.Ses
 # ------------------------------------------------------------------------------------ images
 def test_normalize_image_converts_and_resizes():
     gray = np.full((20, 30), 7, np.uint8)
-    image, note = L.normalize_image(gray)
+    image, note = normalize_image(gray)
     assert image.shape == (20, 30, 3) and image.dtype == np.uint8 and note == ""
     rgba = np.zeros((16, 16, 4), np.uint8)
-    assert L.normalize_image(rgba)[0].shape == (16, 16, 3)
+    assert normalize_image(rgba)[0].shape == (16, 16, 3)
     floats = np.full((10, 10, 3), 0.5, np.float32)
-    assert L.normalize_image(floats)[0][0, 0, 0] == 128
-    big, note = L.normalize_image(np.zeros((3000, 1500, 3), np.uint8))
+    assert normalize_image(floats)[0][0, 0, 0] == 128
+    big, note = normalize_image(np.zeros((3000, 1500, 3), np.uint8))
     assert big.shape == (1024, 512, 3) and "Resized from 1500x3000" in note
-    with pytest.raises(L.UserError, match="Upload"):
-        L.normalize_image(None)
-    with pytest.raises(L.UserError, match="shape"):
-        L.normalize_image(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(UserError, match="Upload"):
+        normalize_image(None)
+    with pytest.raises(UserError, match="shape"):
+        normalize_image(np.zeros((4, 4, 3), np.uint8))
 
 
 @pytest.mark.parametrize("hw,scale", [((256, 256), 2), ((100, 60), 4), ((341, 512), 1), ((1024, 800), 1)])
 def test_display_scale_and_click_mapping(hw, scale):
-    assert L.display_scale(hw) == scale
+    assert display_scale(hw) == scale
     h, w = hw
     for j, i in [(0, 0), (w - 1, h - 1), (w // 3, h // 2)]:
         # any displayed pixel covering image pixel (j, i) maps back to (j, i) within half a pixel
         for dx in range(scale):
-            x, y = L.to_image_frame(j * scale + dx, i * scale + dx, hw)
+            x, y = to_image_frame(j * scale + dx, i * scale + dx, hw)
             assert abs(x - j) <= 0.5 and abs(y - i) <= 0.5
 
 
 # ------------------------------------------------------------------------------------ prompts
 def test_prompt_editing_undo_and_clear():
-    session = L.Session()
-    L.set_image(session, np.zeros((64, 80, 3), np.uint8))
-    L.add_click(session, L.MODE_POSITIVE, 10, 12)
-    L.add_click(session, L.MODE_NEGATIVE, 30, 40)
-    assert "corner" in L.add_click(session, L.MODE_BOX, 50, 50)
+    session = Session()
+    set_image(session, np.zeros((64, 80, 3), np.uint8))
+    add_click(session, MODE_POSITIVE, 10, 12)
+    add_click(session, MODE_NEGATIVE, 30, 40)
+    assert "corner" in add_click(session, MODE_BOX, 50, 50)
     assert session.prompts.corner == (50.0, 50.0) and session.prompts.box is None
-    L.add_click(session, L.MODE_BOX, 20, 5)  # corners in any order
+    add_click(session, MODE_BOX, 20, 5)  # corners in any order
     state = session.prompts
     assert state.points == ((10.0, 12.0, 1), (30.0, 40.0, 0)) and state.box == (20.0, 5.0, 50.0, 50.0)
     assert state.corner is None
@@ -113,46 +122,46 @@ def test_prompt_editing_undo_and_clear():
     assert prompt.kind == "point+box" and prompt.labels.tolist() == [1, 0]
     assert "1 positive point, 1 negative point, a box" == state.describe()
 
-    assert L.clear_prompts(session).startswith("Cleared") and session.prompts.is_empty
-    L.undo(session)
+    assert clear_prompts(session).startswith("Cleared") and session.prompts.is_empty
+    undo(session)
     assert session.prompts == state
-    L.undo(session)  # the box's second corner
+    undo(session)  # the box's second corner
     assert session.prompts.box is None and session.prompts.corner == (50.0, 50.0)
     for _ in range(3):
-        L.undo(session)
-    assert session.prompts.is_empty and L.undo(session) == "Nothing to undo."
+        undo(session)
+    assert session.prompts.is_empty and undo(session) == "Nothing to undo."
 
 
 def test_prompt_errors_are_readable():
-    session = L.Session()
-    with pytest.raises(L.UserError, match="Upload"):
-        L.add_click(session, L.MODE_POSITIVE, 1, 1)
-    L.set_image(session, np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(L.UserError, match="outside"):
-        L.add_click(session, L.MODE_POSITIVE, 40, 3)
-    L.add_click(session, L.MODE_BOX, 5, 5)
-    with pytest.raises(L.UserError, match="too thin"):
-        L.add_click(session, L.MODE_BOX, 6, 20)
-    with pytest.raises(L.UserError, match="Paint"):
-        L.add_click(session, L.MODE_MASK, 3, 3)
+    session = Session()
+    with pytest.raises(UserError, match="Upload"):
+        add_click(session, MODE_POSITIVE, 1, 1)
+    set_image(session, np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(UserError, match="outside"):
+        add_click(session, MODE_POSITIVE, 40, 3)
+    add_click(session, MODE_BOX, 5, 5)
+    with pytest.raises(UserError, match="too thin"):
+        add_click(session, MODE_BOX, 6, 20)
+    with pytest.raises(UserError, match="Paint"):
+        add_click(session, MODE_MASK, 3, 3)
     with pytest.raises(PromptError, match="No prompt"):
-        L.PromptState().to_prompt()
+        PromptState().to_prompt()
 
 
 def test_painted_mask_from_editor_layers():
     layer = np.zeros((128, 128, 4), np.uint8)  # displayed at 2x the 64 x 64 image
     layer[20:60, 40:100, 3] = 255
-    mask = L.painted_mask({"background": None, "layers": [layer], "composite": None}, (64, 64))
+    mask = painted_mask({"background": None, "layers": [layer], "composite": None}, (64, 64))
     assert mask.shape == (64, 64) and mask[15, 30] and not mask[5, 5]
     assert mask.sum() == pytest.approx(20 * 30, abs=40)
     for empty in (None, {"layers": []}, {"layers": [np.zeros((8, 8, 4), np.uint8)]}):
-        with pytest.raises(L.UserError, match="Nothing painted"):
-            L.painted_mask(empty, (64, 64))
-    session = L.Session()
-    L.set_image(session, np.zeros((64, 64, 3), np.uint8))
-    L.set_painted(session, mask, as_ground_truth=True)
+        with pytest.raises(UserError, match="Nothing painted"):
+            painted_mask(empty, (64, 64))
+    session = Session()
+    set_image(session, np.zeros((64, 64, 3), np.uint8))
+    set_painted(session, mask, as_ground_truth=True)
     assert session.prompts.ground_truth is not None and not session.prompts.has_prompt
-    L.set_painted(session, mask, as_ground_truth=False)
+    set_painted(session, mask, as_ground_truth=False)
     assert session.prompts.to_prompt().kind == "mask"
 
 
@@ -161,9 +170,9 @@ def test_render_overlay_draws_mask_and_prompts():
     image = np.full((64, 64, 3), 100, np.uint8)
     mask = np.zeros((64, 64), bool)
     mask[40:60, 40:60] = True
-    prompts = L.PromptState(points=((10.0, 10.0, 1), (30.0, 10.0, 0)), box=(35.0, 35.0, 62.0, 62.0))
-    out = L.render_overlay(image, mask, prompts)
-    s = L.display_scale((64, 64))
+    prompts = PromptState(points=((10.0, 10.0, 1), (30.0, 10.0, 0)), box=(35.0, 35.0, 62.0, 62.0))
+    out = render_overlay(image, mask, prompts)
+    s = display_scale((64, 64))
     assert out.shape == (64 * s, 64 * s, 3)
     # positive point: green disc, negative: red disc (off the white cross in their middle)
     green = out[int(10.5 * s) + 4, int(10.5 * s) + 4]
@@ -179,24 +188,24 @@ def test_perturbation_image_scale_and_caption():
     adv = clean.copy()
     adv[:16] += 8
     adv[16:] -= 8
-    picture, caption = L.perturbation_image(clean, adv, 8)
-    s = L.display_scale((32, 32))
+    picture, caption = perturbation_image(clean, adv, 8)
+    s = display_scale((32, 32))
     assert picture.shape[1] == 32 * s and picture.shape[0] > 32 * s  # scale bar below
     assert picture[0, 0, 0] == 255 and picture[32 * s - 1, 0, 0] == 0
     assert "ε = 8/255" in caption and "L∞ = 8/255" in caption and "×16" in caption
-    same, _ = L.perturbation_image(clean, clean, 8)
+    same, _ = perturbation_image(clean, clean, 8)
     assert abs(int(same[0, 0, 0]) - 128) <= 1
 
 
 def test_transfer_figure_annotates_cells():
-    figure = L.transfer_figure(np.array([[0.1, 0.9], [np.nan, 0.5]]), ["a", "b"], ["point", "box"], "t")
+    figure = transfer_figure(np.array([[0.1, 0.9], [np.nan, 0.5]]), ["a", "b"], ["point", "box"], "t")
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert texts == ["0.10", "0.90", "—", "0.50"]
 
 
 # ------------------------------------------------------------------------------------ models
 def test_model_choices_list_all_app_models_with_sizes():
-    choices = dict((value, label) for label, value in L.model_choices())
+    choices = dict((value, label) for label, value in model_choices())
     for name in ("sam-small", "sam2-small", "sam-vit-b", "sam-vit-l", "sam-vit-h", "sam2.1-hiera-tiny",
                  "sam2.1-hiera-small", "sam2.1-hiera-base-plus", "sam2.1-hiera-large"):
         assert name in choices
@@ -210,18 +219,18 @@ def test_model_choices_list_all_app_models_with_sizes():
     ("owner/name", "../../x", False), ("", "", False)])
 def test_adapter_choice_accepts_only_hub_ids(repo, rev, ok):
     if ok:
-        choice = L.AdapterChoice.parse("hub", repo, rev)
+        choice = AdapterChoice.parse("hub", repo, rev)
         assert choice.repo_id == repo and choice.label.startswith(repo)
     else:
-        with pytest.raises(L.UserError):
-            L.AdapterChoice.parse("hub", repo, rev)
-    assert L.AdapterChoice.parse("none").kind == "none"
+        with pytest.raises(UserError):
+            AdapterChoice.parse("hub", repo, rev)
+    assert AdapterChoice.parse("none").kind == "none"
 
 
 def test_hub_adapter_refuses_local_paths(lab, adapter_root, monkeypatch):
     monkeypatch.chdir(adapter_root.parent)
-    choice = L.AdapterChoice.parse("hub", f"{adapter_root.name}/sam-small-adapter")
-    with pytest.raises(L.UserError, match="local path"):
+    choice = AdapterChoice.parse("hub", f"{adapter_root.name}/sam-small-adapter")
+    with pytest.raises(UserError, match="local path"):
         lab.manager.robust("sam-small", choice)
 
 
@@ -243,12 +252,12 @@ def test_shipped_adapter_loads_on_a_copy(lab):
     info, adapter_md, figure = lab.on_model("sam-small", "shipped", "", "")
     assert "M parameters" in info
     assert "never seen a photograph" in info  # the app says plainly what the embedded models are good at
-    robust = lab.manager.robust("sam-small", L.AdapterChoice())
+    robust = lab.manager.robust("sam-small", AdapterChoice())
     original = lab.manager.engine("sam-small")
     assert robust.engine.model is not original.model and robust.engine.adapter_tag and not original.adapter_tag
     assert f"{robust.trainable:,} trainable values" in adapter_md and robust.trainable > 0
     assert figure is not None and len(figure.axes) >= 2
-    assert lab.manager.robust("sam-small", L.AdapterChoice()) is robust  # loaded once
+    assert lab.manager.robust("sam-small", AdapterChoice()) is robust  # loaded once
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     clean = original.embed_image(image).image_embed
     defended = robust.engine.embed_image(image).image_embed
@@ -259,28 +268,28 @@ def test_shipped_adapter_loads_on_a_copy(lab):
 # ------------------------------------------------------------------------------------ handlers
 def test_click_updates_canvas_and_leaves_the_old_session_alone(lab):
     session = scene_session(lab)
-    new, canvas, status = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
+    new, canvas, status = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
     assert session.prompts.is_empty and len(new.prompts.points) == 1  # handlers work on a copy
     assert canvas.shape == (512, 512, 3) and "Clean mask of **sam-small**" in status
     assert new.clean_mask is not None and new.clean_mask.shape == (256, 256)
     # the select event gives displayed pixels: (256, 200) at scale 2 is image pixel (128, 100)
-    selected, _, _ = lab.on_select(session, L.MODE_POSITIVE, "sam-small", SimpleNamespace(index=[257, 201]))
+    selected, _, _ = lab.on_select(session, MODE_POSITIVE, "sam-small", SimpleNamespace(index=[257, 201]))
     assert selected.prompts.points[0][:2] == pytest.approx((128.25, 100.25))
 
 
 def test_bad_click_raises_gr_error_and_keeps_state(lab):
     session = scene_session(lab)
     with pytest.raises(gr.Error, match="outside"):
-        lab.on_click(session, L.MODE_POSITIVE, "sam-small", 999, 5)
+        lab.on_click(session, MODE_POSITIVE, "sam-small", 999, 5)
     assert session.prompts.is_empty
     with pytest.raises(gr.Error, match="Upload"):
-        lab.on_click(L.Session(), L.MODE_POSITIVE, "sam-small", 1, 1)
+        lab.on_click(Session(), MODE_POSITIVE, "sam-small", 1, 1)
 
 
 def test_sessions_are_independent(lab):
     a, b = scene_session(lab, 0), scene_session(lab, 1)
-    a, _, _ = lab.on_click(a, L.MODE_POSITIVE, "sam-small", 10, 10)
-    b, _, _ = lab.on_click(b, L.MODE_NEGATIVE, "sam-small", 20, 20)
+    a, _, _ = lab.on_click(a, MODE_POSITIVE, "sam-small", 10, 10)
+    b, _, _ = lab.on_click(b, MODE_NEGATIVE, "sam-small", 20, 20)
     assert a.prompts.points == ((10.0, 10.0, 1),) and b.prompts.points == ((20.0, 20.0, 0),)
     assert not np.array_equal(a.image, b.image)
 
@@ -289,10 +298,10 @@ def test_click_with_an_unavailable_model_keeps_the_prompt(lab, monkeypatch):
     session = scene_session(lab)
 
     def offline(name):
-        raise L.ModelUnavailableError(f"Model {name!r} needs a download and could not get it.")
+        raise ModelUnavailableError(f"Model {name!r} needs a download and could not get it.")
 
     monkeypatch.setattr(lab.manager, "factory", offline)
-    session, canvas, status = lab.on_click(session, L.MODE_POSITIVE, "sam-vit-b", 10, 10)
+    session, canvas, status = lab.on_click(session, MODE_POSITIVE, "sam-vit-b", 10, 10)
     assert "⚠️ Model 'sam-vit-b' needs a download" in status and len(session.prompts.points) == 1
     info, _, _ = lab.on_model("sam-vit-b", "none", "", "")
     assert info.startswith("⚠️ Model 'sam-vit-b'")
@@ -306,23 +315,23 @@ def test_preload_embeds_the_examples(adapter_root):
 
 
 def test_mode_switch_selects_the_paint_tab(lab):
-    assert lab.on_mode(L.MODE_MASK).selected == "paint"
-    assert lab.on_mode(L.MODE_BOX).selected == "click"
+    assert lab.on_mode(MODE_MASK).selected == "paint"
+    assert lab.on_mode(MODE_BOX).selected == "click"
 
 
 def test_examples_are_listed_readable_and_the_only_files(lab):
     assert len(lab.examples) >= 6
     listed = {e.path.name for e in lab.examples}
-    readme = (L.ASSETS_DIR / "README.md").read_text()
+    readme = (ASSETS_DIR / "README.md").read_text()
     for example in lab.examples:
-        assert example.path.parent == L.ASSETS_DIR.resolve() and example.caption
+        assert example.path.parent == ASSETS_DIR.resolve() and example.caption
         assert example.path.name.split("-")[0].split(".")[0] in readme
-        image, _ = L.read_example(lab.examples, lab.examples.index(example))
+        image, _ = read_example(lab.examples, lab.examples.index(example))
         assert image.ndim == 3 and max(image.shape[:2]) <= 512
-    assert {e["file"] for e in json.loads((L.ASSETS_DIR / "examples.json").read_text())} == listed
+    assert {e["file"] for e in json.loads((ASSETS_DIR / "examples.json").read_text())} == listed
     for bad in (-100, 99, "../../etc/passwd", None):
-        with pytest.raises(L.UserError):
-            L.read_example(lab.examples, bad)
+        with pytest.raises(UserError):
+            read_example(lab.examples, bad)
 
 
 def read_png(path: str) -> np.ndarray:
@@ -332,7 +341,7 @@ def read_png(path: str) -> np.ndarray:
 @pytest.mark.parametrize("model", ["sam-small", "sam2-small"])
 def test_attack_fills_the_grid_table_and_png(lab, model):
     session = scene_session(lab, 0, model)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, model, 128, 100)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, model, 128, 100)
     progress_calls = []
     outputs = lab.on_attack(session, model, "shipped", "", "", "mask", "pgd", 8, 3, 0, "original",
                             SimpleNamespace(session_hash="s1"), lambda *a, **k: progress_calls.append(a))
@@ -358,27 +367,28 @@ def test_attack_fills_the_grid_table_and_png(lab, model):
 
 def test_attack_outcome_ious_and_ground_truth(lab):
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
     gt = np.zeros((256, 256), bool)
     gt[80:140, 100:170] = True
-    L.set_painted(session, gt, as_ground_truth=True)
-    settings = L.AttackSettings("mask", "fgsm", 4, 1, 0, L.TARGET_ROBUST)
-    outcome = L.run_attack(lab.manager, "sam-small", L.AdapterChoice(), session.image, session.prompts, settings)
-    assert set(outcome.ious) == set(L.PANEL_KEYS)
+    set_painted(session, gt, as_ground_truth=True)
+    job = AttackJob.from_widgets(model="sam-small", adapter_kind="shipped", repo_id="", revision="", attack="mask",
+                                 generator="fgsm", eps255=4, steps=1, seed=0, target=TARGET_ROBUST)
+    outcome = run_attack(lab.manager, job, session.image, session.prompts)
+    assert set(outcome.ious) == set(PANEL_KEYS)
     for key, value in outcome.ious.items():
         assert 0.0 <= value <= 1.0
-        assert value == pytest.approx(L.mask_iou(outcome.panels[key].mask, gt))
+        assert value == pytest.approx(mask_iou(outcome.panels[key].mask, gt))
     assert outcome.reference == "your ground truth" and outcome.target_name == "robust"
     assert all(row[4] is not None for row in outcome.table)
-    for row, key in zip(outcome.table, L.PANEL_KEYS):
+    for row, key in zip(outcome.table, PANEL_KEYS):
         assert row[4] == pytest.approx(outcome.ious[key], abs=1e-3)
     assert np.abs(outcome.adversarial.astype(int) - session.image.astype(int)).max() <= 4
 
 
 def test_attack_without_adapter_leaves_robust_panels_empty(lab):
     session = scene_session(lab, 1)
-    session, _, _ = lab.on_click(session, L.MODE_BOX, "sam-small", 60, 60)
-    session, _, _ = lab.on_click(session, L.MODE_BOX, "sam-small", 200, 180)
+    session, _, _ = lab.on_click(session, MODE_BOX, "sam-small", 60, 60)
+    session, _, _ = lab.on_click(session, MODE_BOX, "sam-small", 200, 180)
     *panels, table, _, _, _, _ = lab.on_attack(session, "sam-small", "none", "", "", "random", "pgd", 8, 2, 0,
                                                "original", None, lambda *a, **k: None)
     assert panels[2].value is None and "no adapter" in panels[2].label
@@ -398,13 +408,13 @@ def test_attack_errors_are_readable(lab, args, message):
     session = scene_session(lab, 2)
     with pytest.raises(gr.Error, match=message):
         if message != "No prompt":
-            session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 50, 50)
+            session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 50, 50)
         lab.on_attack(session, "sam-small", "none", "", "", *args, None, lambda *a, **k: None)
 
 
 def test_cancel_stops_a_running_attack(lab):
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
     request = SimpleNamespace(session_hash="cancel-me")
     steps_seen = []
 
@@ -424,7 +434,7 @@ def test_concurrent_attacks_of_two_sessions(lab):
     sessions = []
     for index in (0, 1):
         session = scene_session(lab, index)
-        session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 100, 100)
+        session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 100, 100)
         sessions.append(session)
     results, errors = {}, []
 
@@ -446,14 +456,14 @@ def test_concurrent_attacks_of_two_sessions(lab):
 
 def test_transfer_matrix_heatmap(lab):
     session = scene_session(lab, 0)
-    session, _, _ = lab.on_click(session, L.MODE_POSITIVE, "sam-small", 128, 100)
+    session, _, _ = lab.on_click(session, MODE_POSITIVE, "sam-small", 128, 100)
     progress_values = []
     figure, md = lab.on_transfer(session, "sam-small", "shipped", "", "", "mask", "pgd", 8, 1, 0, "robust",
                                  None, lambda value, desc=None, **k: progress_values.append(value))
     ax = figure.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["point", "box", "mask"]
     assert "mask@box" in [t.get_text() for t in ax.get_yticklabels()]
-    assert len(ax.texts) == 3 * L.TRANSFER_ROWS and "robust" in ax.get_title()
+    assert len(ax.texts) == 3 * TRANSFER_ROWS and "robust" in ax.get_title()
     assert progress_values and max(v for v in progress_values if isinstance(v, float)) == pytest.approx(1.0)
     assert "prompt type" in md
 
@@ -478,4 +488,4 @@ def test_gpu_decorator_is_a_no_op_without_spaces():
     try:
         import spaces  # noqa: F401
     except ImportError:
-        assert L.gpu(60)(fn) is fn
+        assert gpu(60)(fn) is fn

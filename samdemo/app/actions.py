@@ -1,0 +1,193 @@
+"""What the app computes, on top of :mod:`samdemo.pipeline`: the clean mask of the user's prompt, an
+attack compared on the original and the robust model, and the transfer matrix of the user's object.
+
+Each action takes one typed request (:class:`AttackJob`, built by keyword from the widgets' values and
+checked with the app's own messages) and returns a typed outcome of masks, IoUs and timings; the
+pictures are drawn by :mod:`samdemo.app.render`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from samdemo import limits
+from samdemo.app.models import AdapterChoice, ModelManager
+from samdemo.app.session import PromptState
+from samdemo.engine import SegmentEngine
+from samdemo.errors import PromptError, UserError
+from samdemo.metrics import ATTACK_SUCCESS_IOU, mask_iou
+from samdemo.pipeline import AttackRequest, run_attack as run_pipeline
+
+TARGET_ORIGINAL, TARGET_ROBUST = "original", "robust"
+PANEL_KEYS = ("original/clean", "original/adversarial", "robust/clean", "robust/adversarial")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackJob:
+    """One attack as the app runs it: the model, its defence, the attack and the model it is crafted on
+    (``target``: the original model, a transfer attack on the robust one; or the robust model, adaptive)."""
+
+    model: str
+    adapter: AdapterChoice
+    request: AttackRequest
+    target: str = TARGET_ORIGINAL
+
+    @classmethod
+    def from_widgets(cls, *, model: str, adapter_kind, repo_id, revision, attack, generator, eps255, steps, seed,
+                     target) -> "AttackJob":
+        """The widgets' values (or the API's) -> a checked job; :class:`UserError` naming the field otherwise."""
+        from samdemo.attacks import ATTACKS, GENERATORS
+
+        if attack not in ATTACKS:
+            raise UserError(f"Unknown attack {limits.quoted(attack)}; choose one of {', '.join(ATTACKS)}.")
+        if generator not in GENERATORS:
+            raise UserError(f"Unknown generator {limits.quoted(generator)}.")
+        if target not in (TARGET_ORIGINAL, TARGET_ROBUST):
+            raise UserError(f"Unknown target {limits.quoted(target)}.")
+        request = AttackRequest(attack=attack, generator=generator, eps255=limits.check_eps255(eps255),
+                                steps=limits.check_steps(steps), seed=limits.check_seed(seed))
+        return cls(model=model, adapter=AdapterChoice.parse(adapter_kind, repo_id, revision), request=request,
+                   target=target)
+
+
+@dataclass
+class CleanResult:
+    mask: np.ndarray
+    iou_pred: float
+    seconds: float
+
+
+def clean_prediction(engine: SegmentEngine, image: np.ndarray, prompts: PromptState) -> CleanResult:
+    prompt = prompts.to_prompt()
+    prompt.validate(image.shape[:2])
+    t0 = time.perf_counter()
+    prediction = engine.predict(image, [prompt])
+    return CleanResult(prediction.masks[0].cpu().numpy(), float(prediction.iou_pred[0]), time.perf_counter() - t0)
+
+
+@dataclass
+class Panel:
+    """One of the four results: ``model`` ("original"/"robust") on ``input`` ("clean"/"adversarial")."""
+
+    model: str
+    input: str
+    mask: np.ndarray | None  # None: no robust model
+    iou_ref: float | None  # IoU with the reference (ground truth if painted, else the original clean mask)
+
+    @property
+    def model_label(self) -> str:
+        return f"{'Original' if self.model == 'original' else 'Robust'} model"
+
+
+@dataclass
+class AttackOutcome:
+    job: AttackJob
+    panels: dict[str, Panel]  # keyed by PANEL_KEYS
+    table: list[list]  # rows in PANEL_KEYS order, columns as text.TABLE_HEADERS
+    adversarial: np.ndarray
+    reference: str  # what the panels' IoUs are measured against, in words
+    timings: dict[str, float]
+    losses: list[float]
+
+    @property
+    def ious(self) -> dict[str, float | None]:
+        return {key: panel.iou_ref for key, panel in self.panels.items()}
+
+    @property
+    def target_name(self) -> str:
+        return self.job.target
+
+
+def _engines(manager: ModelManager, job: AttackJob) -> dict[str, SegmentEngine]:
+    original = manager.engine(job.model)
+    robust = manager.robust(job.model, job.adapter)
+    if job.target == TARGET_ROBUST and robust is None:
+        raise UserError("An adaptive attack needs a robust model: choose an adapter, or attack the original model.")
+    return {"original": original} | ({"robust": robust.engine} if robust is not None else {})
+
+
+def run_attack(manager: ModelManager, job: AttackJob, image: np.ndarray, prompts: PromptState,
+               progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+               time_limit: float | None = None) -> AttackOutcome:
+    """Craft the perturbation on the job's target model, then predict with both models on both images.
+
+    The attack stops with :class:`samdemo.errors.TimeLimitExceeded` after ``time_limit`` seconds
+    (default ``limits.ATTACK_TIME_LIMIT_S``), counted once the models are loaded."""
+    prompt = prompts.to_prompt()
+    prompt.validate(image.shape[:2])
+    t_start = time.perf_counter()
+    engines = _engines(manager, job)
+    t_load = time.perf_counter()
+    seconds = limits.ATTACK_TIME_LIMIT_S if time_limit is None else time_limit
+    measured = run_pipeline(job.request, engines, image, [prompt], target=job.target,
+                            progress=limits.with_time_limit(progress, seconds), cancel=cancel)
+
+    gt = prompts.ground_truth
+    original_clean = measured.masks["original", "clean"][0]
+    reference_mask = gt if gt is not None else original_clean
+    panels, table = {}, []
+    for key in PANEL_KEYS:
+        model_key, input_key = key.split("/")
+        if model_key not in engines:
+            panels[key] = Panel(model_key, input_key, None, None)
+            table.append([panels[key].model_label.lower(), input_key, None, None, None, "—", None])
+            continue
+        mask = measured.masks[model_key, input_key][0]
+        panel = panels[key] = Panel(model_key, input_key, mask, mask_iou(mask, reference_mask))
+        iou_own = mask_iou(mask, measured.masks[model_key, "clean"][0])
+        iou_gt = mask_iou(mask, gt) if gt is not None else None
+        success = "—" if input_key == "clean" else ("yes" if iou_own < ATTACK_SUCCESS_IOU else "no")
+        table.append([panel.model_label.lower(), input_key, round(mask_iou(mask, original_clean), 3),
+                      round(iou_own, 3), None if iou_gt is None else round(iou_gt, 3), success,
+                      round(float(measured.iou_pred[model_key, input_key][0]), 3)])
+    timings = {"load": t_load - t_start, **measured.timings}
+    timings["total"] = time.perf_counter() - t_start
+    return AttackOutcome(job, panels, table, measured.adversarial,
+                         "your ground truth" if gt is not None else "the original model's clean mask", timings,
+                         [float(v) for v in measured.result.losses])
+
+
+@dataclass
+class TransferOutcome:
+    matrix: np.ndarray  # rows x cols IoU with the clean prediction of the same prompt
+    matrix_gt: np.ndarray | None  # rows x cols IoU with the painted ground truth (None without one)
+    rows: list[str]
+    cols: list[str]
+    seconds: float
+
+
+def run_transfer(manager: ModelManager, job: AttackJob, image: np.ndarray, prompts: PromptState,
+                 progress: Callable[[str, int, int], None] | None = None, cancel: threading.Event | None = None,
+                 time_limit: float | None = None) -> TransferOutcome:
+    """The transfer matrix across prompt types (``samdemo.attacks.transfer``) of the user's object.
+
+    Every attack is crafted on the job's target model and evaluated on that same model with the
+    object's point, box and mask prompts. The object is the painted ground truth when there is one,
+    else the clean mask of the user's prompt. The attacks together stop after ``time_limit`` seconds
+    (default ``limits.TRANSFER_TIME_LIMIT_S``)."""
+    from samdemo.attacks.transfer import transfer_matrix
+
+    t0 = time.perf_counter()
+    target = _engines(manager, job)[job.target]
+    gt = prompts.ground_truth
+    user_prompts = [prompts.to_prompt()] if prompts.has_prompt else None
+    if gt is None and user_prompts is None:
+        raise PromptError("The transfer matrix needs an object: click it (or paint its ground truth) first.")
+    seconds = limits.TRANSFER_TIME_LIMIT_S if time_limit is None else time_limit
+    try:
+        result = transfer_matrix(target, image, gt_masks=None if gt is None else gt[None], prompts=user_prompts,
+                                 request=job.request, progress=limits.with_time_limit(progress, seconds,
+                                                                                       "transfer matrix"),
+                                 cancel=cancel)
+    except ValueError as error:
+        if isinstance(error, (PromptError, UserError)):
+            raise
+        raise UserError(str(error)) from None
+    matrix_gt = None if result.iou_vs_gt is None else np.asarray(result.iou_vs_gt, dtype=np.float64)
+    return TransferOutcome(np.asarray(result.iou_vs_clean, dtype=np.float64), matrix_gt, list(result.rows),
+                           list(result.cols), time.perf_counter() - t0)

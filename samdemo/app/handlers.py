@@ -1,0 +1,440 @@
+"""The app's gradio handlers (:class:`Lab`): widget values in, one typed request, the outcome rendered
+out. Every error becomes a readable message (``gr.Error`` / ``gr.Warning``) and the server keeps
+serving; nothing a visitor reads names a server path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import gradio as gr
+import numpy as np
+
+from samdemo import limits
+from samdemo.app.actions import PANEL_KEYS, TARGET_ROBUST, AttackJob, clean_prediction, run_attack, run_transfer
+from samdemo.app.examples import Example, load_examples, read_example
+from samdemo.app.models import ADAPTER_HUB, AdapterChoice, ModelManager
+from samdemo.app.render import (adapter_figure, panel_image, panel_title, perturbation_image, render_overlay,
+                                save_png, transfer_figure)
+from samdemo.app.session import (MODE_MASK, Session, add_click, clear_prompts, display_scale, normalize_image,
+                                 painted_mask, set_image, set_painted, to_image_frame, undo, upscale, click_coordinate)
+from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows
+from samdemo.build import get_spec
+from samdemo.errors import AttackCancelled, ModelUnavailableError, PromptError, UserError
+
+log = logging.getLogger("samdemo.app")
+TRANSFER_ROWS = len(attack_rows(DEFAULT_ATTACKS))  # the rows of the app's transfer matrix
+
+
+try:  # ZeroGPU on Hugging Face Spaces: heavy handlers get a GPU for their duration
+    import spaces  # type: ignore
+
+    def gpu(duration: int):
+        return spaces.GPU(duration=duration)
+except ImportError:  # anywhere else: no-op
+    def gpu(duration: int):
+        return lambda fn: fn
+
+
+EXPECTED_ERRORS = (UserError, PromptError, ModelUnavailableError)
+
+
+# An absolute path: a slash not preceded by a word character, ':' or '/' (so not "owner/name", "8/255"
+# or a URL), then path characters.
+_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"`,;:()<>\[\]]+/)*[^\s'\"`,;:()<>\[\]]*")
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part: a message never tells a visitor where the
+    server keeps its files (checkpoints, the Hub cache, uploads), nor whether a file exists there."""
+    return _SERVER_PATH.sub(lambda match: Path(match.group(0)).name or "(a server folder)", text)
+
+
+def error_message(error: Exception) -> str:
+    """What the user reads about ``error`` (call it in the ``except`` block): expected problems as they are,
+    running out of memory with what to change, anything else logged with its traceback. Server paths are
+    cut from what the user reads (the log keeps them)."""
+    if isinstance(error, EXPECTED_ERRORS):
+        message = str(error)
+    elif limits.is_out_of_memory(error):
+        log.warning("out of memory: %s", error)
+        message = limits.out_of_memory_message(error) + " The app is still running."
+    else:
+        log.exception("unexpected error in a handler")
+        message = (f"Something went wrong ({type(error).__name__}: {error}). The app is still running: try again, "
+                   "or with another image or model.")
+    public = without_server_paths(message)
+    if public != message:
+        log.info("told the user (paths cut): %s", message)
+    return public
+
+
+def _copy(session: Session | None) -> Session:
+    """Handlers edit a copy, so that a failed edit leaves the stored session untouched."""
+    if session is None:
+        return Session()
+    return replace(session, history=list(session.history))
+
+
+def _progress_fn(progress, label: str):
+    """An attack's ``progress(t, T)`` -> a gr.Progress update."""
+    if progress is None:
+        return None
+
+    def update(step: int, total: int) -> None:
+        progress((int(step), int(total)), desc=f"{label}: step {int(step)}/{int(total)}", unit="steps")
+    return update
+
+
+def _rows_progress_fn(progress, rows: int):
+    """The transfer matrix's ``progress(row label, t, T)`` -> overall progress over ``rows`` attacks."""
+    seen: list[str] = []
+
+    def update(label: str, step: int, total: int) -> None:
+        if label not in seen:
+            seen.append(label)
+        done = (len(seen) - 1 + int(step) / max(int(total), 1)) / rows
+        progress(min(done, 1.0), desc=f"{label} ({len(seen)}/{rows}): step {int(step)}/{int(total)}")
+    return update
+
+
+class Lab:
+    """The app's handlers, bound to one :class:`ModelManager` (app.py wires them to components)."""
+
+    def __init__(self, manager: ModelManager | None = None, examples: Sequence[Example] | None = None):
+        self.manager = manager or ModelManager()
+        self.examples = list(load_examples() if examples is None else examples)
+        self._cancels: dict[str, threading.Event] = {}
+        self._cancels_lock = threading.Lock()
+        # ZeroGPU (Hugging Face Spaces): heavy handlers hold a GPU while they run; a no-op elsewhere.
+        self.on_attack = gpu(int(limits.ATTACK_TIME_LIMIT_S))(self.on_attack)
+        self.on_transfer = gpu(int(limits.TRANSFER_TIME_LIMIT_S))(self.on_transfer)
+
+    # ----------------------------------------------------------------- helpers
+    def _error(self, error: Exception) -> gr.Error:
+        """A readable gr.Error for ``error`` (see :func:`error_message`)."""
+        return gr.Error(error_message(error), print_exception=False)
+
+    def _warning(self, error: Exception) -> str:
+        """For handlers that report in their outputs rather than fail: a toast, and the text to show."""
+        message = error_message(error)
+        gr.Warning(message)
+        return f"⚠️ {message}"
+
+    def canvas(self, session: Session, model: str, note: str = "") -> tuple[np.ndarray | None, str]:
+        """The prompt canvas (image, prompts, clean mask of the original model) and a status line."""
+        if session.image is None:
+            return None, note or "Upload or paste an image, or pick an example below."
+        lines = [note] if note else []
+        mask = None
+        if session.prompts.has_prompt:
+            try:
+                result = clean_prediction(self.manager.engine(model), session.image, session.prompts)
+            except (PromptError, ModelUnavailableError) as error:  # the prompt is kept; say why there is no mask
+                lines.append(f"⚠️ {error}")
+            else:
+                mask = session.clean_mask = result.mask
+                h, w = mask.shape
+                lines.append(f"Clean mask of **{model}**: {int(mask.sum())} px ({100 * mask.mean():.1f} % of the "
+                             f"image), the model's own IoU estimate {result.iou_pred:.2f}, {1000 * result.seconds:.0f} ms.")
+        lines.append(f"Prompts: {session.prompts.describe()}.")
+        return render_overlay(session.image, mask, session.prompts), "  \n".join(lines)
+
+    def _editor_value(self, session: Session):
+        if session.image is None:
+            return None
+        return {"background": upscale(session.image, display_scale(session.image.shape[:2])), "layers": [],
+                "composite": None}
+
+    # ----------------------------------------------------------------- image
+    def on_upload(self, session, image, model):
+        """A new image was uploaded or pasted (None: the user cleared it)."""
+        try:
+            session = _copy(session)
+            if image is None:
+                session = Session()
+                return session, None, None, "Upload or paste an image, or pick an example below."
+            note = set_image(session, image)
+            canvas, status = self.canvas(session, model, note)
+            return session, canvas, self._editor_value(session), status
+        except Exception as error:
+            raise self._error(error) from None
+
+    def on_example(self, session, model, evt: gr.SelectData = None):
+        """An example thumbnail was clicked (``evt.index`` indexes ``self.examples``; no other files)."""
+        try:
+            session = _copy(session)
+            index = getattr(evt, "index", evt)
+            if isinstance(index, (list, tuple)):
+                index = index[0]
+            image, name = read_example(self.examples, index)
+            set_image(session, image, name)
+            canvas, status = self.canvas(session, model, f"Loaded example **{name}**: {self.examples[int(index)].caption}")
+            return session, canvas, self._editor_value(session), status
+        except Exception as error:
+            raise self._error(error) from None
+
+    def on_example_index(self, session, model, index: float):
+        """API form of :meth:`on_example` (index into the example list; read_example refuses a bad one)."""
+        return self.on_example(session, model, index)
+
+    # ----------------------------------------------------------------- prompts
+    def on_select(self, session, mode, model, evt: gr.SelectData = None):
+        """A click on the canvas: ``evt.index`` is (x, y) in the displayed image's pixels."""
+        index = getattr(evt, "index", None)
+        if not isinstance(index, (list, tuple)) or len(index) != 2:
+            raise gr.Error("This click carried no position; click inside the image.", print_exception=False)
+        session_image = session.image if session is not None else None
+        if session_image is None:
+            raise gr.Error("Upload or paste an image first, or pick one of the examples.", print_exception=False)
+        try:
+            px, py = click_coordinate(index[0]), click_coordinate(index[1])
+        except UserError as error:
+            raise self._error(error) from None
+        x, y = to_image_frame(px, py, session_image.shape[:2])
+        return self.on_click(session, mode, model, x, y)
+
+    def on_click(self, session, mode, model, x, y):
+        """A click at (x, y) in the original image's pixels (also the API's ``/click``)."""
+        try:
+            session = _copy(session)
+            if mode == MODE_MASK:
+                return (session, *self.canvas(session, model, "Mask mode: paint in the **Paint a mask** tab, then "
+                                                              "press *Use as mask prompt*."))
+            note = add_click(session, mode, x, y)
+            return (session, *self.canvas(session, model, note))
+        except Exception as error:
+            raise self._error(error) from None
+
+    def on_undo(self, session, model):
+        try:
+            session = _copy(session)
+            return (session, *self.canvas(session, model, undo(session)))
+        except Exception as error:
+            raise self._error(error) from None
+
+    def on_clear(self, session, model):
+        try:
+            session = _copy(session)
+            return (session, *self.canvas(session, model, clear_prompts(session)))
+        except Exception as error:
+            raise self._error(error) from None
+
+    def on_paint(self, session, editor_value, model, as_ground_truth: bool):
+        try:
+            session = _copy(session)
+            image = session.require_image()
+            note = set_painted(session, painted_mask(editor_value, image.shape[:2]), as_ground_truth)
+            return (session, *self.canvas(session, model, note))
+        except Exception as error:
+            raise self._error(error) from None
+
+    def on_paint_prompt(self, session, editor_value, model):
+        return self.on_paint(session, editor_value, model, False)
+
+    def on_paint_ground_truth(self, session, editor_value, model):
+        return self.on_paint(session, editor_value, model, True)
+
+    def on_mode(self, mode):
+        """Mask mode opens the Paint tab; the other modes the Click tab."""
+        return gr.Tabs(selected="paint" if mode == MODE_MASK else "click")
+
+    def on_refresh(self, session, model):
+        """Redraw the canvas (after the model changed)."""
+        try:
+            return (session, *self.canvas(_copy(session), model))
+        except Exception as error:
+            raise self._error(error) from None
+
+    # ----------------------------------------------------------------- models
+    def preload(self, model: str, adapter: AdapterChoice = AdapterChoice(), examples: bool = True) -> None:
+        """Before serving: load the model (and its adapter) and embed the examples with both, so that the
+        first click on an example is as fast as the next ones. Problems are only logged: the UI shows them."""
+        engines = []
+        try:
+            engines.append(self.manager.engine(model))
+            robust = self.manager.robust(model, adapter)
+            engines += [robust.engine] if robust is not None else []
+        except Exception as error:  # the app still starts; the UI shows the message on load
+            log.warning("could not preload %s (%s): %s", model, adapter.label, error)
+        for index in range(len(self.examples) if examples else 0):
+            image = normalize_image(read_example(self.examples, index)[0])[0]
+            for engine in engines:
+                engine.embed_image(image)
+
+    def on_adapter_kind(self, kind):
+        """Show the Hub fields only for a Hub adapter."""
+        return gr.Row(visible=kind == ADAPTER_HUB)
+
+    def on_model(self, model, kind, repo_id, revision, progress=gr.Progress(track_tqdm=True)):
+        """Load the model (downloading it if needed) and its adapter; returns (model info, adapter info, plot)."""
+        try:
+            spec = get_spec(model)
+            if not self.manager.is_loaded(model):
+                progress(0.05, desc=f"Loading {model}" + (f" (downloading up to {spec.download_mb} MB)" if spec.hub else ""))
+            t0 = time.perf_counter()
+            engine = self.manager.engine(model)
+            n_params = sum(p.numel() for p in engine.model.parameters())
+            info = (f"**{model}**: {spec.description}; {n_params / 1e6:.1f} M parameters, {engine.image_size} px input, "
+                    f"on {engine.device.type.upper()} (ready in {time.perf_counter() - t0:.1f} s). "
+                    f"**What it is good at**: {spec.suited_for}.")
+            if engine.device.type == "cpu" and spec.hub is not None:
+                info += " Full-size models are slow on a CPU: an attack step can take many seconds."
+        except Exception as error:
+            return self._warning(error), "", None
+        adapter_md, figure = self.on_adapter(model, kind, repo_id, revision)
+        return info, adapter_md, figure
+
+    def on_adapter(self, model, kind, repo_id, revision):
+        """Load the adapter; returns (markdown with its parameter count, singular-value figure)."""
+        try:
+            choice = AdapterChoice.parse(kind, repo_id, revision)
+            robust = self.manager.robust(model, choice)
+            if robust is None:
+                return ("No adapter: the *robust* panels stay empty and only the original model is attacked.", None)
+            count = f"{robust.trainable:,} trainable values" if robust.trainable is not None else "its trainable values"
+            total = sum(p.numel() for p in robust.engine.model.parameters())
+            md = (f"**Adapter** ({robust.source}): {robust.adapter.noun}, {count}, "
+                  f"{100 * (robust.trainable or 0) / max(total, 1):.3f} % of the model's {total / 1e6:.1f} M. The plot "
+                  "shows the singular values of the adapted weights before and after it.")
+            return md, adapter_figure(robust)
+        except Exception as error:
+            return self._warning(error), None
+
+    # ----------------------------------------------------------------- attack
+    def _cancel_event(self, request) -> tuple[str, threading.Event]:
+        key = getattr(request, "session_hash", None) or "default"
+        with self._cancels_lock:
+            event = self._cancels.setdefault(key, threading.Event())
+            event.clear()
+        return key, event
+
+    def on_cancel(self, request: gr.Request = None):
+        key = getattr(request, "session_hash", None) or "default"
+        with self._cancels_lock:
+            event = self._cancels.get(key)
+        if event is None:
+            return "No attack is running."
+        event.set()
+        return "Cancelling: the attack stops after its current step."
+
+    def _run_heavy(self, request, session, widgets: dict, work):
+        """What on_attack and on_transfer share: check the inputs, build the :class:`AttackJob` from the widgets'
+        values, then ``work(job, image, prompts, cancel event)`` with this session's cancel event. Returns None
+        when the user cancelled."""
+        key, cancel = self._cancel_event(request)
+        try:
+            session = session or Session()
+            image = session.require_image()
+            job = AttackJob.from_widgets(**widgets)
+            return work(job, image, session.prompts, cancel)
+        except AttackCancelled:
+            return None
+        except Exception as error:
+            raise self._error(error) from None
+        finally:
+            with self._cancels_lock:
+                if self._cancels.get(key) is cancel:
+                    del self._cancels[key]
+
+    def on_attack(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
+                  request: gr.Request = None, progress=gr.Progress()):
+        """Run an attack; returns the 4 panels, the table, the perturbation and its caption, the PNG, timings."""
+        def work(job, image, prompts, cancel):
+            progress(0.0, desc="Preparing the attack")
+            outcome = run_attack(self.manager, job, image, prompts, _progress_fn(progress, f"{attack} · {generator}"),
+                                 cancel)
+            return outcome, image, prompts
+
+        done = self._run_heavy(request, session, _widgets(model, kind, repo_id, revision, attack, generator, eps255,
+                                                          steps, seed, target), work)
+        if done is None:
+            gr.Warning("Attack cancelled.")
+            return self._empty_results("Attack cancelled before it finished.")
+        outcome, image, prompts = done
+        panels = [gr.Image(value=panel_image(outcome.panels[k], image, outcome.adversarial, prompts),
+                           label=panel_title(outcome.panels[k])) for k in PANEL_KEYS]
+        table = [[_fmt(v) for v in row] for row in outcome.table]
+        perturbation, caption = perturbation_image(image, outcome.adversarial, outcome.job.request.eps255)
+        t = outcome.timings
+        steps_run = t["steps_run"]
+        per_step = f", {1000 * t['attack'] / steps_run:.0f} ms/step" if steps_run else ""
+        device = self.manager.engine(model).device.type.upper()
+        timings = (f"**Timings** ({device}): attack {t['attack']:.2f} s ({steps_run} step{'s' * (steps_run != 1)}{per_step}), "
+                   f"4 predictions {t['predict']:.2f} s, total {t['total']:.2f} s. Crafted on the "
+                   f"**{outcome.target_name}** model; IoUs in the panels are against {outcome.reference}.")
+        return (*panels, table, perturbation, caption, save_png(outcome.adversarial), timings)
+
+    def _empty_results(self, message: str):
+        """Leave the previous results in place (gr.skip) and say why."""
+        return (*[gr.skip() for _ in PANEL_KEYS], gr.skip(), gr.skip(), gr.skip(), gr.skip(), message)
+
+    async def _until_stopped(self, handler, inputs: tuple, request, progress):
+        """Run a heavy handler in a worker thread. When Gradio ends the request early (its own cancel,
+        e.g. ``gradio_client``'s ``job.cancel()``), set the session's cancel event and wait for the thread
+        to stop before returning: Gradio frees the one-attack-at-a-time lane only when this returns."""
+        work = asyncio.ensure_future(asyncio.to_thread(handler, *inputs, request, progress))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self.on_cancel(request)
+            await asyncio.gather(work, return_exceptions=True)  # stops within one attack step
+            raise
+
+    async def attack_request(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed,
+                             target, request: gr.Request = None, progress=gr.Progress()):
+        """:meth:`on_attack` as the app serves it (stops its work when the request is cancelled)."""
+        return await self._until_stopped(self.on_attack, (session, model, kind, repo_id, revision, attack, generator,
+                                                          eps255, steps, seed, target), request, progress)
+
+    async def transfer_request(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed,
+                               target, request: gr.Request = None, progress=gr.Progress()):
+        """:meth:`on_transfer` as the app serves it (stops its work when the request is cancelled)."""
+        return await self._until_stopped(self.on_transfer, (session, model, kind, repo_id, revision, attack,
+                                                            generator, eps255, steps, seed, target), request, progress)
+
+    def on_transfer(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
+                    request: gr.Request = None, progress=gr.Progress()):
+        def work(job, image, prompts, cancel):
+            progress(0.0, desc="Preparing the transfer matrix")
+            return job, run_transfer(self.manager, job, image, prompts, _rows_progress_fn(progress, TRANSFER_ROWS),
+                                     cancel)
+
+        done = self._run_heavy(request, session, _widgets(model, kind, repo_id, revision, attack, generator, eps255,
+                                                          steps, seed, target), work)
+        if done is None:
+            gr.Warning("Transfer matrix cancelled.")
+            return gr.skip(), "Transfer matrix cancelled before it finished."
+        job, outcome = done
+        md = ("Each row is a perturbation (the *mask* attack is crafted once per prompt type: `mask@box` used "
+              "the object's box); each column the prompt type then used to segment the attacked image. Cells: "
+              "IoU with the clean mask of the same prompt (red = the attack worked there). A prompt-free attack "
+              f"that is red across its whole row transfers to every prompt type. {outcome.seconds:.1f} s.")
+        if outcome.matrix_gt is not None:
+            md += " IoU with your ground truth: " + "; ".join(
+                f"{row} " + "/".join(f"{v:.2f}" for v in values) for row, values in zip(outcome.rows, outcome.matrix_gt))
+        who = "robust" if job.target == TARGET_ROBUST else "original"
+        attack_request = job.request
+        title = (f"Crafted and evaluated on the {who} model\n{attack_request.generator.upper()}, "
+                 f"ε = {attack_request.eps255:g}/255, {attack_request.steps} steps")
+        return transfer_figure(outcome.matrix, outcome.rows, outcome.cols, title), md
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _widgets(model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target) -> dict:
+    """The attack widgets' values, by name, for :meth:`AttackJob.from_widgets`."""
+    return dict(model=model, adapter_kind=kind, repo_id=repo_id, revision=revision, attack=attack,
+                generator=generator, eps255=eps255, steps=steps, seed=seed, target=target)
