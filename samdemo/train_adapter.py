@@ -59,7 +59,6 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -67,6 +66,7 @@ from tqdm import tqdm
 
 from samdemo.adapter import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_adapter, save_adapter
 from samdemo.attacks.base import eps_from_255
+from samdemo.pipeline import AttackRequest, craft
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.prompts import Prompt, prompts_from_mask
 from samdemo.quality import prompt_quality
@@ -94,7 +94,7 @@ class AdapterTrainConfig:
     clean_weight: float = 1.0
     attacks: str = "cross-prompt,feature,mask"
     attack_steps: int = 4
-    eps: float = 8 / 255
+    eps: float = 8.0  # L-inf bound in 1/255 units, like every command
     generator: str = "pgd"
     seed: int = 0
     train_pool: int = 0  # 0: a fresh training image every time; N: cycle through N images
@@ -224,7 +224,7 @@ def prompted_loss(engine: SegmentEngine, images: torch.Tensor, prompts: list[lis
 
 
 # ---------------------------------------------------------------------- evaluation
-def attacked_quality(engine: SegmentEngine, scenes: list, attack_cls, cfg: AdapterTrainConfig,
+def attacked_quality(engine: SegmentEngine, scenes: list, attack: str, cfg: AdapterTrainConfig,
                      chunk: int = 8) -> dict[str, float]:
     """mIoU (``prompt_quality``) on the scenes after attacking each against ``engine`` itself.
 
@@ -236,17 +236,18 @@ def attacked_quality(engine: SegmentEngine, scenes: list, attack_cls, cfg: Adapt
         part = scenes[start:start + chunk]
         images = torch.cat([image_to_tensor(s.image) for s in part])
         prompts = [[p for m in s.masks for p in prompts_from_mask(m).values()] for s in part]
-        attack = attack_cls(engine, eps=cfg.eps, steps=cfg.eval_attack_steps, generator=cfg.generator,
-                            random_start=True, seed=cfg.seed * 7919 + start)
-        result = attack.forward(images, prompts=prompts)
+        request = AttackRequest(attack=attack, eps255=cfg.eps, steps=cfg.eval_attack_steps, generator=cfg.generator,
+                                seed=cfg.seed * 7919 + start)
+        result = craft(request, engine, images, prompts)
         attacked += [SimpleNamespace(image=result.to_uint8(i), masks=s.masks) for i, s in enumerate(part)]
     return prompt_quality(engine, attacked)
 
 
-def evaluate(engine: SegmentEngine, scenes: list, cfg: AdapterTrainConfig, registry: Mapping) -> dict:
+def heldout_quality(engine: SegmentEngine, scenes: list, cfg: AdapterTrainConfig) -> dict:
+    """Clean mIoU per prompt type, and under each of the config's evaluation attacks."""
     out = {"clean": prompt_quality(engine, scenes), "attacked": {}}
     for name in cfg.eval_attack_list():
-        out["attacked"][name] = attacked_quality(engine, scenes, registry[name], cfg)
+        out["attacked"][name] = attacked_quality(engine, scenes, name, cfg)
     return out
 
 
@@ -266,7 +267,7 @@ def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | 
     for name in cfg.eval_attack_list():
         for label, result in (("original", baseline), ("adapted", final)):
             if result is not None and name in result["attacked"]:
-                rows.append({"condition": f"{name} attack ({round(cfg.eps * 255, 2):g}/255, {cfg.eval_attack_steps} "
+                rows.append({"condition": f"{name} attack ({cfg.eps:g}/255, {cfg.eval_attack_steps} "
                                           f"steps, against the {label} model), {label}"}
                             | {k: result["attacked"][name][k] for k in ("point", "box", "mask")})
     note = (f"Held-out data: {description}; {cfg.eval_scenes} images. Attacks are white-box and adaptive: crafted "
@@ -276,15 +277,6 @@ def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | 
 
 
 # ---------------------------------------------------------------------- training
-def _load_attacks(names: list[str], registry: Mapping | None) -> Mapping:
-    if registry is None:
-        from samdemo.attacks import ATTACKS as registry
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise ValueError(f"Unknown attack(s) {unknown}; choose from {', '.join(registry)}.")
-    return registry
-
-
 def build_engine(cfg: AdapterTrainConfig) -> SegmentEngine:
     """The engine ``cfg`` names: a registry model, or a random one of the ``--arch`` YAML."""
     from samdemo.factory import load_engine, random_engine
@@ -293,13 +285,13 @@ def build_engine(cfg: AdapterTrainConfig) -> SegmentEngine:
 
 
 def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None = None, resume: bool = True,
-                  attacks: Mapping | None = None, engine: SegmentEngine | None = None) -> dict:
+                  engine: SegmentEngine | None = None) -> dict:
     """Train (or resume) in ``run_dir``; write the adapter folder to ``out_dir``. Returns the log.
 
-    ``attacks``: name -> attack class (default ``samdemo.attacks.ATTACKS``); ``engine``: an
-    existing engine (default: built from ``cfg.model`` / ``cfg.arch``).
+    ``engine``: an existing engine (default: built from ``cfg.model`` / ``cfg.arch``).
     """
-    registry = _load_attacks(cfg.attack_list() + cfg.eval_attack_list(), attacks)
+    for name in cfg.attack_list() + cfg.eval_attack_list():
+        AttackRequest(attack=name, eps255=cfg.eps)  # unknown names and a bad epsilon: a clear error before any work
     if not cfg.attack_list():
         raise ValueError("--attacks is empty: give at least one attack to train against.")
     torch.manual_seed(cfg.seed)
@@ -313,12 +305,12 @@ def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None =
     adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
                             rank=cfg.update_rank(), seed=cfg.seed)
     try:
-        return _train(cfg, run_dir, out_dir, resume, registry, engine, adapter, data, eval_set)
+        return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set)
     finally:
         adapter.remove()
 
 
-def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, data, eval_set) -> dict:
+def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_set) -> dict:
     optimizer = torch.optim.Adam(adapter.param_groups(cfg.lr))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(cfg.steps, 1))))))
@@ -351,7 +343,7 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, da
         log_path.write_text(json.dumps(log, indent=1))
 
     def run_eval():
-        result = evaluate(engine, eval_set, cfg, registry)
+        result = heldout_quality(engine, eval_set, cfg)
         adapter.refresh_tag()
         log["eval"].append({"step": step, "seconds": round(log["seconds"], 1)} | result)
         tqdm.write(f"step {step}: held-out mIoU {_summary(result)}")
@@ -369,9 +361,9 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, da
         prompts, targets = zip(*(instance_prompts(s.masks, cfg.instances, rng) for s in samples))
         images = torch.cat([image_to_tensor(s.image) for s in samples]).to(engine.device)
         name = names[step % len(names)]
-        attack = registry[name](engine, eps=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
-                                random_start=True, seed=cfg.seed * 1_000_003 + step)
-        adv = attack.forward(images, prompts=[list(p) for p in prompts]).adv_images.to(engine.device)
+        request = AttackRequest(attack=name, eps255=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
+                                seed=cfg.seed * 1_000_003 + step)
+        adv = craft(request, engine, images, [list(p) for p in prompts]).adv_images.to(engine.device)
         optimizer.zero_grad(set_to_none=True)  # the attack may have left gradients on the adapter
         loss_adv = prompted_loss(engine, adv, list(prompts), list(targets))
         loss_clean = prompted_loss(engine, images, list(prompts), list(targets))
@@ -401,7 +393,7 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, da
         baseline = next((e for e in evals if e["step"] == 0), None)
         final = evals[-1] if evals and evals[-1]["step"] == step else None
         metrics = metrics_table(cfg, baseline, final, data.description)
-        recipe = asdict(cfg) | {"eps_255": round(cfg.eps * 255, 3), "completed_steps": step,
+        recipe = asdict(cfg) | {"completed_steps": step,
                                 "train_seconds": round(log["seconds"], 1), "data_description": data.description,
                                 "num_trainable": adapter.num_trainable, "lr_rule": LAYER_TYPES[cfg.method].lr_rule,
                                 "lr_per_tensor": {g["name"]: g["lr"] for g in optimizer.param_groups},
@@ -414,13 +406,13 @@ def _train(cfg, run_dir, out_dir, resume, registry, engine, adapter: Adapter, da
 
 # ---------------------------------------------------------------------- CLI
 def parse_eps(text: str) -> float:
-    """``--eps`` in 1/255 units like every command ('8'), or an explicit fraction ('8/255') -> pixel units."""
-    if "/" in str(text):
-        try:
-            return eps_from_255(float(Fraction(text)) * 255)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"--eps is in 1/255 units (e.g. 8) or a fraction like 8/255; got {text!r}") from None
-    return eps_from_255(text)
+    """``--eps`` in 1/255 units like every command ('8'), or an explicit fraction ('8/255') -> 1/255 units."""
+    try:
+        value = float(Fraction(str(text)) * 255) if "/" in str(text) else text
+        eps_from_255(value)  # the threat model's bound, with its message
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"--eps is in 1/255 units (e.g. 8, at most 32) or a fraction like 8/255; got {text!r}") from None
+    return float(value)
 
 
 HELP = {

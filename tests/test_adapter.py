@@ -433,24 +433,25 @@ def test_train_adapter_with_a_rank_spreads_the_budget(tmp_path):
 
 
 def test_train_adapter_resumes_to_the_same_result(tmp_path):
-    from samdemo.attacks import ATTACKS
     from samdemo.train_adapter import build_engine, train_adapter
 
     cfg = _train_cfg(steps=6)
     train_adapter(cfg, tmp_path / "straight", tmp_path / "a", engine=build_engine(cfg))
 
-    def crashing_at_step_5(cls):
-        class Crash(cls):
-            def forward(self, images, prompts=None):
-                if self.seed == cfg.seed * 1_000_003 + 4:  # step 5 of 6; the last checkpoint is step 4
-                    raise KeyboardInterrupt
-                return super().forward(images, prompts)
-        return Crash
+    from samdemo import train_adapter as training
 
-    crashing = {name: crashing_at_step_5(cls) for name, cls in ATTACKS.items()}
+    real_craft = training.craft
+
+    def crashing_at_step_5(request, *args, **kwargs):
+        if request.seed == cfg.seed * 1_000_003 + 4:  # step 5 of 6; the last checkpoint is step 4
+            raise KeyboardInterrupt
+        return real_craft(request, *args, **kwargs)
+
     engine = build_engine(cfg)
-    with pytest.raises(KeyboardInterrupt):
-        train_adapter(cfg, tmp_path / "resumed", tmp_path / "b", attacks=crashing, engine=engine)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "craft", crashing_at_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            train_adapter(cfg, tmp_path / "resumed", tmp_path / "b", engine=engine)
     assert get_adapter(engine) is None
     assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["step"] == 4
     log = train_adapter(cfg, tmp_path / "resumed", tmp_path / "b", engine=engine)
@@ -468,9 +469,9 @@ def test_train_adapter_cli_parses():
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     args = parser.parse_args(["--out", "x", "--eps", "4/255", "--attacks", "mask", "--steps", "5", "--svd-rank", "14"])
-    assert args.eps == pytest.approx(4 / 255) and args.attacks == "mask" and args.steps == 5 and args.svd_rank == 14
+    assert args.eps == 4 and args.attacks == "mask" and args.steps == 5 and args.svd_rank == 14
     # 1/255 units, as `attack` and `evaluate` take it
-    assert parse_eps("8") == pytest.approx(8 / 255) and parse_eps("0") == 0
+    assert parse_eps("8") == 8 and parse_eps("8/255") == 8 and parse_eps("0") == 0
     for bad in ("eight", "40", "-1", "nan", "1/0"):
         with pytest.raises(ValueError, match="1/255 units"):
             parse_eps(bad)
