@@ -13,6 +13,7 @@ COMMANDS = {
     "push-adapter": "samdemo.hub",
     "train-adapter": "samdemo.train_adapter",
     "evaluate": "samdemo.evaluate",
+    "control": "samdemo.controls",
 }
 
 

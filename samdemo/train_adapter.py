@@ -361,11 +361,15 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         prompts, targets = zip(*(instance_prompts(s.masks, cfg.instances, rng) for s in samples))
         images = torch.cat([image_to_tensor(s.image) for s in samples]).to(engine.device)
         name = names[step % len(names)]
-        request = AttackRequest(attack=name, eps255=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
-                                seed=cfg.seed * 1_000_003 + step)
-        adv = craft(request, engine, images, [list(p) for p in prompts]).adv_images.to(engine.device)
-        optimizer.zero_grad(set_to_none=True)  # the attack may have left gradients on the adapter
-        loss_adv = prompted_loss(engine, adv, list(prompts), list(targets))
+        optimizer.zero_grad(set_to_none=True)
+        if cfg.adv_weight:
+            request = AttackRequest(attack=name, eps255=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
+                                    seed=cfg.seed * 1_000_003 + step)
+            adv = craft(request, engine, images, [list(p) for p in prompts]).adv_images.to(engine.device)
+            optimizer.zero_grad(set_to_none=True)  # the attack may have left gradients on the adapter
+            loss_adv = prompted_loss(engine, adv, list(prompts), list(targets))
+        else:  # clean-only fine-tuning (a control): no attack is crafted
+            name, loss_adv = "none", torch.zeros((), device=engine.device)
         loss_clean = prompted_loss(engine, images, list(prompts), list(targets))
         loss = cfg.adv_weight * loss_adv + cfg.clean_weight * loss_clean
         loss.backward()
@@ -427,7 +431,7 @@ HELP = {
     "instances": "target masks per image per step (a point, a box and a mask prompt each)",
     "lr": "relative learning rate: a step changes each weight by about lr x its Frobenius norm",
     "warmup": "linear warm-up steps (then cosine decay to 10 %%)",
-    "adv_weight": "weight of the loss on adversarial images", "clean_weight": "weight of the loss on clean images",
+    "adv_weight": "weight of the loss on adversarial images (0: clean-only fine-tuning, a control)", "clean_weight": "weight of the loss on clean images",
     "attacks": "comma-separated attacks to train against, one per step in turn",
     "attack_steps": "attack iterations per training step", "generator": "attack noise generator (pgd, ...)",
     "seed": "seed of data, prompts and attacks (per step)",
