@@ -13,20 +13,23 @@ evaluated on every defense) and ``adaptive`` (crafted on the defense itself).
 
 Objects: the ``--max-instances`` largest ground-truth instances of an image, each prompted
 with its centre-most point (``point``), tight box (``box``), its mask (``mask``) and optionally
-three positive points drawn uniformly from it (``points``). Attacks and point draws are seeded
+three positive points drawn uniformly from it (``points``), a blocky 12 x 12-cell copy of its mask
+(``coarse-mask``: the exact mask is copied back by the decoder, so it measures the prompt, not the
+model) and that with the point (``coarse-mask+point``); attacks are crafted with the first four only. Attacks and point draws are seeded
 per image from ``--seed`` and the image name, so results do not depend on the image order.
 
 Metrics per record (one defense x mode x attack x crafting type x evaluation type), pooled over
 all instances of all images: ``miou_gt`` (adversarial prediction vs ground truth),
 ``miou_clean`` (vs the same model's clean prediction with the same prompt), ``clean_miou_gt``
-(no attack), ``asr`` (fraction of instances with IoU(adversarial, clean prediction) < 0.5), each
+(no attack), ``grey_miou_gt`` (the same prompts on a uniform grey image: what the model answers
+without the image), ``asr`` (fraction of instances with IoU(adversarial, clean prediction) < 0.5), each
 with a 95 % percentile-bootstrap interval over images (1000 resamples of whole images, the same
 resamples for every record, seeded by ``--seed``).
 
 Files in ``--out``:
 
 * ``per_image.jsonl``: line 1 ``{"settings": {...}}``, then one line per image:
-  ``{"name", "instances", "seconds", "clean": {defense: {type: [IoU vs GT per instance]}},
+  ``{"name", "instances", "seconds", "clean": {defense: {type: [IoU vs GT per instance]}}, "grey": (same),
   "attacked": [{"defense", "mode", "attack", "crafted_with", "evaluated_with", "iou_gt": [...],
   "iou_clean": [...]}]}`` (or ``{"name", "instances": 0, "skipped": reason}``). A rerun with the
   same settings skips the images already there (``--limit`` may change); other settings are an error.
@@ -62,10 +65,15 @@ from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows, object_prompt
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.metrics import ATTACK_SUCCESS_IOU, batch_iou
 from samdemo.pipeline import AttackRequest, craft, predict_types
-from samdemo.prompts import PROMPT_TYPES, Prompt
+from samdemo.prompts import PROMPT_TYPES, Prompt, blocky_mask, mask_prompt
 from samdemo.protocol import WORST_CASE, pooled_bootstrap, worst_case_gains, worst_case_rows
 
-EVAL_PROMPT_TYPES = (PROMPT_TYPES[0], "points", *PROMPT_TYPES[1:])  # "points": several positive clicks
+# "points": several positive clicks; "coarse-mask": a blocky copy of the ground truth as the mask prompt, which
+# the decoder cannot copy back (the exact mask measures the prompt, not the model); "coarse-mask+point": with the
+# centre-most point. Attacks are crafted with the first four kinds only.
+DERIVED_TYPES = ("coarse-mask", "coarse-mask+point")
+EVAL_PROMPT_TYPES = (PROMPT_TYPES[0], "points", *PROMPT_TYPES[1:], *DERIVED_TYPES)
+GREY = 128  # the featureless image of the grey baseline
 DEFAULT_PROMPTS = PROMPT_TYPES
 CI_LEVEL, CI_RESAMPLES = 0.95, 1000
 SAMPLED_POINTS = 3
@@ -236,12 +244,22 @@ def evaluate_image(defenses: list[Defense], image: np.ndarray, masks: np.ndarray
         rng = np.random.default_rng(seed)
         for prompts, mask in zip(objects, masks):
             prompts["points"] = sampled_points(mask, rng)
+    for prompts, mask in zip(objects, masks):
+        coarse = blocky_mask(mask)
+        prompts["coarse-mask"] = mask_prompt(coarse)
+        prompts["coarse-mask+point"] = Prompt(points=prompts["point"].points, labels=prompts["point"].labels,
+                                              mask=coarse)
     types = settings.prompts
     x, gt = image_to_tensor(image), torch.as_tensor(masks)
+    grey = torch.full_like(x, GREY / 255)
     clean = {d.label: predict_types(d.engine, x, objects, types) for d in defenses}
-    entry = {"instances": len(objects), "clean": {d.label: {t: _ious(clean[d.label][t], gt) for t in types}
-                                                  for d in defenses}, "attacked": []}
-    rows = attack_rows(settings.attacks, types)
+    entry = {"instances": len(objects),
+             "clean": {d.label: {t: _ious(clean[d.label][t], gt) for t in types} for d in defenses},
+             # the same prompts on a uniform grey image: what the model answers without the image
+             "grey": {d.label: {t: _ious(m, gt) for t, m in predict_types(d.engine, grey, objects, types).items()}
+                      for d in defenses},
+             "attacked": []}
+    rows = attack_rows(settings.attacks, [t for t in types if t not in DERIVED_TYPES])
     for crafter in defenses:
         # the original model's attacks are evaluated on every defense (transfer): crafted once
         targets = defenses if crafter is defenses[0] else [crafter]
@@ -355,12 +373,16 @@ def aggregate(entries: list[dict], defenses: list[Defense], settings: Settings) 
     for entry in entries:
         for row in worst_case_rows(entry) + entry["attacked"]:  # the headline first
             key = (row["defense"], row["mode"], row["attack"], row["crafted_with"], row["evaluated_with"])
-            groups.setdefault(key, []).append(row | {"clean": entry["clean"][row["defense"]][row["evaluated_with"]]})
+            grey = entry.get("grey", {}).get(row["defense"], {}).get(row["evaluated_with"])
+            groups.setdefault(key, []).append(row | {"clean": entry["clean"][row["defense"]][row["evaluated_with"]],
+                                                     "grey": grey})
     records = []
     for (defense, mode, attack, crafted, evaluated), rows in groups.items():
         metrics = {"miou_gt": [r["iou_gt"] for r in rows], "miou_clean": [r["iou_clean"] for r in rows],
                    "clean_miou_gt": [r["clean"] for r in rows],
                    "asr": [[float(v < ATTACK_SUCCESS_IOU) for v in r["iou_clean"]] for r in rows]}
+        if all(r["grey"] is not None for r in rows):  # logs written before the grey baseline have none
+            metrics["grey_miou_gt"] = [r["grey"] for r in rows]
         record = {"model": settings.model, "defense": defense, "method": method.get(defense, "?"), "mode": mode,
                   "attack": attack, "crafted_with": crafted, "evaluated_with": evaluated,
                   "n": sum(len(v) for v in metrics["miou_gt"]), "images": len(rows)}

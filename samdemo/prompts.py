@@ -113,6 +113,18 @@ def prompts_from_mask(mask: np.ndarray) -> dict[str, Prompt]:
     }
 
 
+def blocky_mask(mask: np.ndarray, cells: int = 12) -> np.ndarray:
+    """A coarse H x W bool copy of ``mask``: area-averaged over a ``cells`` x ``cells`` grid, kept where
+    half a cell is covered. As a mask prompt it says where the object is but not its boundary, so
+    the answer must come from the image (the exact mask as a prompt is copied back by the decoder)."""
+    import cv2
+
+    h, w = mask.shape
+    small = cv2.resize(np.asarray(mask, np.float32), (cells, cells), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST) >= 0.5
+    return coarse if coarse.any() else np.asarray(mask, bool).copy()
+
+
 def is_finite_number(value) -> bool:
     try:
         return math.isfinite(float(value))

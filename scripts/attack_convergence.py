@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_budget(args, steps: int, out: Path) -> dict:
     command = [sys.executable, "-m", "samdemo", "evaluate", "--model", args.model, "--data",
-               f"val-scenes:{args.limit}", "--limit", str(args.limit), "--steps", str(steps), "--eps", str(args.eps),
+               f"val-scenes:{args.scenes}", "--limit", str(args.limit), "--steps", str(steps), "--eps", str(args.eps),
                "--generator", args.generator, "--attacks", args.attacks, "--prompts", args.prompts,
                "--max-instances", str(args.max_instances), "--seed", "0", "--out", str(out)]
     if args.adapter:
@@ -54,6 +54,9 @@ def plot(rows: list[dict], prompts: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(prompts), figsize=(5.2 * len(prompts), 4), squeeze=False)
+    attacks = list(dict.fromkeys(f"{r['attack']}@{r['crafted_with']}" for r in rows))
+    colours = {a: plt.cm.tab10(i % 10) for i, a in enumerate(attacks)}
+    styles = {"white-box": "-", "worst-case": "-", "transfer": ":", "adaptive": "--"}
     for ax, prompt in zip(axes[0], prompts):
         for row in rows:
             if row["evaluated_with"] != prompt or row["attack"] == "random":
@@ -62,8 +65,10 @@ def plot(rows: list[dict], prompts: list[str], path: Path) -> None:
             label = f"{'original' if row['defense'] == 'none' else 'adapter'} {row['mode']}: {row['attack']}" + (
                 f"@{row['crafted_with']}" if row["crafted_with"] not in ("none", "all") else "")
             worst = row["attack"] == "worst-case"
-            ax.plot([int(s) for s in steps], [100 * row["miou_gt"][s] for s in steps], marker="o",
-                    lw=2.5 if worst else 1, ls="-" if row["defense"] == "none" else "--", label=label)
+            ax.plot([int(s) for s in steps], [100 * row["miou_gt"][s] for s in steps], marker="o" if
+                    row["defense"] == "none" else "s", lw=3 if worst else 1, ls=styles.get(row["mode"], "-"),
+                    color=colours[f"{row['attack']}@{row['crafted_with']}"], alpha=1 if worst else 0.7,
+                    label=label)
         ax.set_xscale("log")
         ax.set_xlabel("attack steps")
         ax.set_ylabel(f"mIoU vs ground truth (%), {prompt} prompts")
@@ -78,7 +83,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="sam2-small")
     parser.add_argument("--adapter", default=None, help="default checkpoints/<model>-adapter")
     parser.add_argument("--steps", default="10,30,100", help="comma-separated budgets")
-    parser.add_argument("--limit", type=int, default=3, help="validation scenes")
+    parser.add_argument("--scenes", type=int, default=3, help="validation scenes in the dataset")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N of them (default all)")
     parser.add_argument("--max-instances", type=int, default=3)
     parser.add_argument("--eps", type=float, default=8)
     parser.add_argument("--generator", default="apgd")
@@ -88,11 +94,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default docs/results/convergence/<model>")
     args = parser.parse_args(argv)
     args.adapter = args.adapter or f"checkpoints/{args.model}-adapter"
+    args.limit = args.limit or args.scenes
     out = args.out or ROOT / "docs" / "results" / "convergence" / args.model
     budgets = [int(s) for s in args.steps.split(",")]
     results = {steps: run_budget(args, steps, out / f"steps-{steps}") for steps in budgets}
     rows = series(results)
-    settings = {k: v for k, v in vars(args).items() if k != "out"} | {"data": f"val-scenes:{args.limit}"}
+    settings = {k: v for k, v in vars(args).items() if k != "out"} | {"data": f"val-scenes:{args.scenes}", "images": args.limit}
     (out / "convergence.json").write_text(json.dumps({"settings": settings, "series": rows}, indent=1))
     plot(rows, args.prompts.split(","), out / "convergence.png")
     for row in rows:

@@ -1,16 +1,20 @@
-"""Regenerate docs/RESULTS.md from ``python -m samdemo evaluate`` runs on both embedded models.
+"""Regenerate docs/RESULTS.md from ``python -m samdemo evaluate`` runs on both embedded models, under the
+evaluation protocol (docs/METHOD.md, "Evaluation protocol").
 
     python scripts/make_results.py                 # the committed numbers (resumable: rerun to finish)
-    python scripts/make_results.py --limit 4       # a quick look (writes elsewhere with --out)
+    python scripts/make_results.py --limit 2 --out /tmp/look    # a quick look (never overwrites the docs)
 
-For each embedded model it evaluates the original model and every shipped defense of it
-(``checkpoints/<model>-adapter`` = the SVD adapter the app uses, ``-adapter-neck`` = an SVD adapter
-on the default neck layers where the shipped one sits elsewhere, and the baselines on the neck
-``-adapter-lora-r1``, ``-adapter-full``) on held-out
-procedural scenes with every attack, one ``evaluate`` process per model in parallel (one
-thread each), into ``docs/results/<model>/`` (results.json, results.csv, report.md, plots,
-per_image.jsonl: the raw outputs). Then it rewrites the generated part of docs/RESULTS.md
-(between the GENERATED markers); the discussion outside the markers is kept as written.
+For each embedded model it evaluates, on the **test** scenes (never used to choose anything), the
+original model, the shipped SVD adapter (``checkpoints/<model>-adapter``, the app's robust model) and
+its controls (``-adapter-shuffled``: the same trained changes permuted within each layer;
+``-adapter-clean-only``: the same parameters fine-tuned without attacks), with every attack (ours,
+the paper's key-channel attack, the prompt-specific mask attack crafted with the point and with the
+box, random noise), transfer and adaptive, APGD at the budget chosen on validation scenes
+(``scripts/attack_convergence.py``). Prompts: point, box and a blocky copy of the ground-truth mask
+(the exact mask is copied back by the decoder). One ``evaluate`` process per model, in parallel,
+into ``docs/results/<model>/``. Then it rewrites the generated part of docs/RESULTS.md (between the
+GENERATED markers): the worst case per object over every attack as the headline, paired bootstrap
+gains over the original model and over each control, the grey-image baseline, then the per-attack rows.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from samdemo.prompts import PROMPT_TYPES  # noqa: E402
 
 MODELS = ("sam-small", "sam2-small")
-DEFENSE_SUFFIXES = ("adapter", "adapter-neck", "adapter-lora-r1", "adapter-full")
+DEFENSE_SUFFIXES = ("adapter", "adapter-shuffled", "adapter-clean-only")
+ATTACKS = "cross-prompt,mask,random"
+PROMPTS = ("point", "box", "coarse-mask")
 BEGIN, END = "<!-- GENERATED: scripts/make_results.py -->", "<!-- END GENERATED -->"
 DEFAULT_OUT = ROOT / "docs" / "results"
 
@@ -40,8 +45,9 @@ def defense_folders(model: str) -> list[Path]:
 
 def evaluate_command(model: str, args, out: Path) -> list[str]:
     command = [sys.executable, "-m", "samdemo", "evaluate", "--model", model, "--data", f"scenes:{args.limit}",
-               "--limit", str(args.limit), "--steps", str(args.steps), "--eps", "8", "--max-instances",
-               str(args.max_instances), "--seed", "0", "--out", str(out)]
+               "--limit", str(args.limit), "--steps", str(args.steps), "--generator", args.generator, "--eps", "8",
+               "--attacks", ATTACKS, "--prompts", ",".join(PROMPTS), "--max-instances", str(args.max_instances),
+               "--seed", "0", "--out", str(out)]
     for folder in defense_folders(model):
         command += ["--adapter", str(folder.relative_to(ROOT))]
     return command
@@ -64,80 +70,124 @@ def fmt(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def fmt_gain(gain: dict) -> str:
+    low, high = gain["gain_ci"]
+    return f"{100 * gain['gain']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def pick(records, **where) -> list[dict]:
     return [r for r in records if all(r[k] == v for k, v in where.items())]
 
 
+def one(records, **where) -> dict:
+    found = pick(records, **where)
+    if len(found) != 1:
+        raise ValueError(f"expected one record for {where}, found {len(found)}")
+    return found[0]
+
+
 def row_label(r: dict) -> str:
-    return r["attack"] if r["crafted_with"] == "none" else f"{r['attack']}@{r['crafted_with']}"
+    return r["attack"] if r["crafted_with"] in ("none", "all") else f"{r['attack']}@{r['crafted_with']}"
 
 
-def attack_table(records: list[dict]) -> list[str]:
-    """White-box attacks on the original model: attacked mIoU (GT) and ASR per evaluation type."""
-    base = pick(records, defense="none")
-    lines = ["| attack (crafted with) | " + " | ".join(f"{t}: mIoU / ASR" for t in PROMPT_TYPES) + " |",
-             "| --- |" + " --- |" * len(PROMPT_TYPES)]
-    clean = {t: pick(base, evaluated_with=t)[0]["clean_miou_gt"] for t in PROMPT_TYPES}
-    lines.append("| clean | " + " | ".join(f"{fmt(clean[t])} / -" for t in PROMPT_TYPES) + " |")
-    for label in dict.fromkeys(row_label(r) for r in base):
+def defense_name(defense: str) -> str:
+    return "original model" if defense == "none" else defense
+
+
+def read_entries(folder: Path) -> list[dict]:
+    """The per-image log of an evaluate run (first line: its settings)."""
+    lines = (folder / "per_image.jsonl").read_text().splitlines()[1:]
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def clean_gain(entries: list[dict], defense: str, reference: str, prompt: str, seed: int) -> dict:
+    from samdemo.protocol import paired_gain_ci
+
+    entries = [e for e in entries if e["instances"]]
+    gain, low, high = paired_gain_ci([e["clean"][defense][prompt] for e in entries],
+                                     [e["clean"][reference][prompt] for e in entries], seed)
+    return {"gain": gain, "gain_ci": [low, high]}
+
+
+def headline_table(records: list[dict], prompts: list[str]) -> list[str]:
+    """Per defense: clean, grey-image and worst-case mIoU per prompt type."""
+    lines = ["| defense | trainable | " + " | ".join(f"{t}: clean / grey / **worst case**" for t in prompts) + " |",
+             "| --- | ---: |" + " --- |" * len(prompts)]
+    for defense in dict.fromkeys(r["defense"] for r in records):
+        config = ROOT / "checkpoints" / defense / "adapter_config.json"
+        size = "0" if defense == "none" else (f"{json.loads(config.read_text())['num_trainable']:,}"
+                                              if config.exists() else "?")
         cells = []
-        for t in PROMPT_TYPES:
-            r = next(r for r in base if row_label(r) == label and r["evaluated_with"] == t)
-            cells.append(f"{fmt(r['miou_gt'])} / {fmt(r['asr'])}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for t in prompts:
+            worst = one(records, defense=defense, mode="worst-case", evaluated_with=t)
+            grey = fmt(worst["grey_miou_gt"]) if "grey_miou_gt" in worst else "-"
+            cells.append(f"{fmt(worst['clean_miou_gt'])} / {grey} / **{fmt(worst['miou_gt'])}**")
+        lines.append(f"| {defense_name(defense)} | {size} | " + " | ".join(cells) + " |")
     return lines
 
 
-def defense_table(records: list[dict], model: str, adapters_dir: Path = ROOT / "checkpoints") -> list[str]:
-    """Per defense: size, training time, clean mIoU, mIoU under cross-prompt and under the worst attack.
-    ``adapters_dir/<defense>/adapter_config.json`` gives a defense's size and training time."""
-    lines = ["| defense | trainable | train min | clean point / box / mask | cross-prompt transfer point / box "
-             "| cross-prompt adaptive point / box | worst transfer point / box | worst adaptive point / box |",
-             "| --- | ---: | ---: | --- | --- | --- | --- | --- |"]
-    for defense in dict.fromkeys(r["defense"] for r in records):
-        rows = pick(records, defense=defense)
-        clean = " / ".join(fmt(pick(rows, evaluated_with=t)[0]["clean_miou_gt"]) for t in PROMPT_TYPES)
-        config = adapters_dir / defense / "adapter_config.json"
-        if defense == "none":
-            size, minutes, modes = "0", "-", ("white-box", "white-box")
-        else:  # the size and training time need the adapter's folder; the numbers do not
-            data = json.loads(config.read_text()) if config.exists() else None
-            size = f"{data['num_trainable']:,}" if data else "?"
-            minutes = f"{data['training']['train_seconds'] / 60:.0f}" if data else "?"
-            modes = ("transfer", "adaptive")
-        cells = []
-        for mode in modes:
-            cross = pick(rows, mode=mode, attack="cross-prompt")
-            cells.append(" / ".join(fmt(pick(cross, evaluated_with=t)[0]["miou_gt"]) for t in ("point", "box")))
-        for mode in modes:
-            real = [r for r in pick(rows, mode=mode) if r["attack"] != "random"]
-            cells.append(" / ".join(fmt(min(r["miou_gt"] for r in real if r["evaluated_with"] == t))
-                                    for t in ("point", "box")))
-        name = "none (original model)" if defense == "none" else defense
-        lines.append(f"| {name} | {size} | {minutes} | {clean} | " + " | ".join(cells) + " |")
+def gains_table(entries: list[dict], records: list[dict], prompts: list[str], seed: int) -> list[str]:
+    """Paired gains of every adapter in worst-case mIoU over the original model and over each control, and
+    its clean cost, with 95 % paired bootstrap intervals over images."""
+    from samdemo.protocol import worst_case_gains
+
+    defenses = [d for d in dict.fromkeys(r["defense"] for r in records) if d != "none"]
+    lines = ["| defense | compared with | " + " | ".join(f"{t}: worst-case gain" for t in prompts) + " | "
+             + " | ".join(f"{t}: clean change" for t in prompts) + " |",
+             "| --- | --- |" + " --- |" * (2 * len(prompts))]
+    for reference in ["none"] + [d for d in defenses if d.endswith(("-shuffled", "-clean-only"))]:
+        gains = {(g["defense"], g["evaluated_with"]): g for g in worst_case_gains(entries, reference, seed)}
+        for defense in defenses:
+            if defense == reference or (reference != "none" and not defense.endswith("-adapter")):
+                continue
+            worst = [fmt_gain(gains[defense, t]) for t in prompts]
+            clean = [fmt_gain(clean_gain(entries, defense, reference, t, seed)) for t in prompts]
+            lines.append(f"| {defense} | {defense_name(reference)} | " + " | ".join(worst + clean) + " |")
+    return lines
+
+
+def attack_table(records: list[dict], prompts: list[str]) -> list[str]:
+    """Every attack row: mIoU (GT) per defense and mode, per prompt type."""
+    columns = [(d, m) for d, m in dict.fromkeys((r["defense"], r["mode"]) for r in records) if m != "worst-case"]
+    header = [f"{defense_name(d)}, {m}" for d, m in columns]
+    lines = ["| attack | prompt | " + " | ".join(header) + " |", "| --- | --- |" + " ---: |" * len(columns)]
+    labels = dict.fromkeys(row_label(r) for r in records if r["mode"] != "worst-case")
+    for label in labels:
+        for t in prompts:
+            cells = []
+            for d, m in columns:
+                found = [r for r in pick(records, defense=d, mode=m, evaluated_with=t) if row_label(r) == label]
+                cells.append(fmt(found[0]["miou_gt"]) if found else "-")
+            lines.append(f"| {label} | {t} | " + " | ".join(cells) + " |")
     return lines
 
 
 def generated_section(args, md: Path) -> str:
     parts = [BEGIN, ""]
     for model in MODELS:
-        if not (args.out / model / "results.json").exists():
+        folder = args.out / model
+        if not (folder / "results.json").exists():
             parts += [f"### {model}", "", "(not evaluated yet: run the command above)", ""]
             continue
-        results = json.loads((args.out / model / "results.json").read_text())
+        results = json.loads((folder / "results.json").read_text())
         header, records = results["header"], results["records"]
         s = header["settings"]
-        rel = Path(os.path.relpath(args.out / model, md.parent)).as_posix()
+        prompts = [t for t in s["prompts"]]
+        rel = Path(os.path.relpath(folder, md.parent)).as_posix()
+        minutes = sum(e.get("seconds", 0) for e in read_entries(folder)) / 60
         parts += [f"### {model}", "",
-                  f"{header['images']} held-out scenes, {header['instances']} instances (the {s['max_instances']} "
-                  f"largest per image), eps {s['eps']:g}/255, {s['steps']} {s['generator']} steps, seed {s['seed']}. "
-                  f"Raw outputs: [{rel}/]({rel}/) ([report]({rel}/report.md), results.json, results.csv). "
-                  "mIoU against ground truth in %; ASR = % of instances whose IoU with the same model's clean "
-                  "prediction is below 0.5.", "",
-                  "**Attacks on the original model** (white box):", "", *attack_table(records), "",
-                  "**Defenses** (transfer: crafted on the original model; adaptive: crafted on the defended model "
-                  "itself; worst: the lowest mIoU over cross-prompt, mask@*, feature):", "",
-                  *defense_table(records, model), ""]
+                  f"{header['images']} test scenes, {header['instances']} objects (the {s['max_instances']} largest "
+                  f"per image), eps {s['eps']:g}/255, {s['steps']} {s['generator'].upper()} steps, seed {s['seed']}; "
+                  f"{minutes / max(header['images'], 1):.1f} minutes per image on one CPU thread. Raw outputs: "
+                  f"[{rel}/]({rel}/) ([report]({rel}/report.md), results.json, results.csv, per_image.jsonl). "
+                  "mIoU against ground truth in %.", "",
+                  "**Worst case per object** over every attack (white box on the original model; transfer and "
+                  "adaptive on each adapter), next to the clean mIoU and the same prompts on a uniform grey image:",
+                  "", *headline_table(records, prompts), "",
+                  "**Gains** in worst-case mIoU (points, paired bootstrap 95 % interval over images) over the "
+                  "original model and over the controls, and the change in clean mIoU (negative: a clean cost):", "",
+                  *gains_table(read_entries(folder), records, prompts, s["seed"]), "",
+                  "**Every attack** (mIoU %):", "", *attack_table(records, prompts), ""]
     parts.append(END)
     return "\n".join(parts)
 
@@ -154,8 +204,9 @@ def write_results_md(args) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=20, help="held-out scenes per model")
-    parser.add_argument("--steps", type=int, default=10, help="attack steps")
+    parser.add_argument("--limit", type=int, default=4, help="test scenes per model")
+    parser.add_argument("--steps", type=int, default=100, help="attack steps (the budget chosen on validation)")
+    parser.add_argument("--generator", default="apgd")
     parser.add_argument("--max-instances", type=int, default=4, help="largest instances evaluated per scene")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--models", type=lambda text: text.split(","), default=list(MODELS),

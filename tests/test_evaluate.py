@@ -20,7 +20,7 @@ needs_model = pytest.mark.skipif(not MODEL.exists() or not ADAPTER.is_dir(),
                                  reason="embedded sam-small and its adapter are needed")
 RECORD_KEYS = ["model", "defense", "method", "mode", "attack", "crafted_with", "evaluated_with", "n", "images",
                "miou_gt", "miou_gt_ci", "miou_clean", "miou_clean_ci", "clean_miou_gt", "clean_miou_gt_ci", "asr",
-               "asr_ci"]
+               "asr_ci", "grey_miou_gt", "grey_miou_gt_ci"]
 
 
 def cli(*argv) -> int:
@@ -123,7 +123,7 @@ def test_end_to_end_with_adapter_and_resume(tmp_path, capsys, crafted):
         assert r["n"] == 6 and r["images"] == 2 and r["model"] == "sam-small"
         expected = {"mask": r["crafted_with"], "worst-case": "all"}.get(r["attack"], "none")
         assert r["crafted_with"] == expected
-        for key in ("miou_gt", "miou_clean", "clean_miou_gt", "asr"):
+        for key in ("miou_gt", "miou_clean", "clean_miou_gt", "asr", "grey_miou_gt"):
             low, high = r[key + "_ci"]
             assert 0 <= low <= r[key] <= high <= 1
     for defense in ("none", "sam-small-adapter"):  # worst case per object <= the worst average attack
@@ -185,6 +185,26 @@ def test_folder_data_points_prompt_and_growing_limit(tmp_path, crafted):
     records = json.loads((out / "results.json").read_text())["records"]
     assert [(r["mode"], r["evaluated_with"], r["n"]) for r in records] == [
         ("worst-case", "point", 4), ("worst-case", "points", 4), ("white-box", "point", 4), ("white-box", "points", 4)]
+
+
+@needs_model
+def test_coarse_mask_prompts_and_the_grey_baseline(tmp_path, crafted):
+    """The exact mask as a prompt is copied back even on a grey image; a blocky one is not, and no attack
+    is crafted with the derived prompt types."""
+    out = tmp_path / "eval"
+    argv = ["--data", "val-scenes", "--limit", 2, "--attacks", "mask", "--prompts", "box,mask,coarse-mask,coarse-mask+point",
+            "--max-instances", 3, "--steps", 1, "--out", out]
+    assert cli(*argv) == 0
+    assert sorted({kind for _, _, kind in crafted}) == ["box", "mask"]
+    records = {(r["mode"], r["crafted_with"], r["evaluated_with"]): r
+               for r in json.loads((out / "results.json").read_text())["records"]}
+    clean = {t: records["white-box", "box", t]["clean_miou_gt"] for t in ("box", "mask", "coarse-mask")}
+    grey = {t: records["white-box", "box", t]["grey_miou_gt"] for t in ("box", "mask", "coarse-mask",
+                                                                         "coarse-mask+point")}
+    assert clean["coarse-mask"] < clean["mask"]  # the blocky mask is not the answer
+    assert grey["box"] < 0.5 * clean["box"]  # the embedded models answer from the image
+    assert all(0 <= v <= 1 for v in grey.values())
+    assert ("white-box", "coarse-mask", "box") not in records  # never a crafting type
 
 
 @needs_model
