@@ -1,0 +1,149 @@
+"""Robustness curve of one image: mIoU of the original and the robust model against epsilon.
+
+For each epsilon (in 1/255 units, ``CURVE_EPS255`` by default) the attack is crafted once on
+each *attacked* model and every *evaluated* model segments the adversarial image with the same
+prompts:
+
+* crafted on the original model: the original model is attacked white-box, the robust model
+  sees a **transfer** attack;
+* crafted on the robust model: the robust model is attacked **adaptively** (the attacker knows
+  the defence), the original model sees a transfer from it.
+
+mIoU is the mean over the prompts of the IoU of each predicted mask (H x W, original image
+frame) against a reference: the painted ground truth when given, else the original model's
+clean mask of the same prompt (as in the app's attack table). Epsilon 0 is the clean image and
+costs no attack. Clean embeddings come from each engine's embedding cache (one per model and
+image); each adversarial image is embedded once per evaluated model and decodes every prompt in
+one batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from samdemo.attacks import AttackCancelled, make_attack
+from samdemo.engine import SegmentEngine, image_to_tensor, tensor_to_image
+from samdemo.metrics import batch_iou
+from samdemo.prompts import Prompt
+
+CURVE_EPS255 = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+ORIGINAL, ROBUST = "original", "robust"
+
+CurveProgressFn = Callable[[int, int], None]  # (attack steps done, attack steps in all)
+
+
+@dataclass
+class RobustnessCurve:
+    """mIoU per (attacked model, evaluated model) pair over ``eps255``.
+
+    eps255: E epsilons in 1/255 units, ascending. miou: ``{(attacked, evaluated): E floats}`` with
+    attacked, evaluated in {"original", "robust"} (only "original" when no robust model is given).
+    reference: "ground truth" or "original clean mask". seconds: wall time of the whole curve.
+    """
+
+    eps255: list[float]
+    miou: dict[tuple[str, str], list[float]]
+    reference: str
+    attack: str
+    steps: int
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    def series(self, attacked: str, evaluated: str) -> list[float]:
+        return self.miou[(attacked, evaluated)]
+
+    @staticmethod
+    def label(attacked: str, evaluated: str) -> str:
+        """How a series reads in a legend: white-box, transfer or adaptive."""
+        if attacked == evaluated:
+            return f"{evaluated} model, {'adaptive' if evaluated == ROBUST else 'white-box'}"
+        return f"{evaluated} model, transfer from {attacked}"
+
+    def rows(self) -> list[list]:
+        """Table rows [attacked, evaluated, eps255, mIoU], one per point, for CSV or a dataframe."""
+        return [[attacked, evaluated, eps, round(value, 4)]
+                for (attacked, evaluated), values in self.miou.items() for eps, value in zip(self.eps255, values)]
+
+
+def _check_eps_list(eps255: Sequence[float]) -> list[float]:
+    from samdemo.attacks import validate_eps
+
+    values = sorted({float(validate_eps(float(e) / 255.0)) * 255.0 for e in eps255})
+    if not values:
+        raise ValueError("The robustness curve needs at least one epsilon.")
+    return values
+
+
+def _mean_iou_of_image(engine: SegmentEngine, image: np.ndarray, prompts: Sequence[Prompt],
+                       reference: torch.Tensor) -> float:
+    """mIoU over prompts of ``engine``'s masks on an H x W x 3 uint8 image vs P x H x W bool ``reference``."""
+    masks = engine.predict(image, prompts).masks.cpu()
+    return float(batch_iou(masks, reference).mean())
+
+
+def robustness_curve(original: SegmentEngine, image: np.ndarray, prompts: Sequence[Prompt],
+                     robust: SegmentEngine | None = None, ground_truth: np.ndarray | None = None,
+                     eps255: Sequence[float] = CURVE_EPS255, attack: str = "mask", steps: int = 10,
+                     generator: str = "pgd", seed: int = 0, progress: CurveProgressFn | None = None,
+                     cancel: threading.Event | None = None) -> RobustnessCurve:
+    """The curve of one H x W x 3 uint8 ``image`` and its ``prompts`` (original image frame).
+
+    ``ground_truth``: H x W bool, the one object every prompt points at (else each prompt's
+    reference is the original model's clean mask). ``attack``: a name of ``samdemo.attacks.ATTACKS``
+    crafted with ``steps`` iterations of ``generator`` and ``seed`` at every epsilon. ``progress``
+    is called after every attack step with (done, total) over the whole curve; ``cancel`` is
+    checked before every step and raises :class:`samdemo.attacks.AttackCancelled`.
+    """
+    start = time.perf_counter()
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("The robustness curve needs at least one prompt.")
+    for prompt in prompts:
+        prompt.validate(image.shape[:2])
+    eps_values = _check_eps_list(eps255)
+    engines = {ORIGINAL: original} | ({ROBUST: robust} if robust is not None else {})
+
+    if ground_truth is not None:
+        gt = torch.as_tensor(np.asarray(ground_truth, dtype=bool))
+        if tuple(gt.shape) != tuple(image.shape[:2]):
+            raise ValueError(f"ground truth is {tuple(gt.shape)}, the image {image.shape[:2]}.")
+        reference, reference_name = gt[None].expand(len(prompts), -1, -1), "ground truth"
+    else:
+        reference, reference_name = original.predict(image, prompts).masks.cpu(), "original clean mask"
+
+    attacked_eps = [e for e in eps_values if e > 0]
+    total = len(attacked_eps) * len(engines) * steps
+    done = 0
+
+    def step_progress(t: int, _steps: int) -> None:
+        if progress is not None:
+            progress(done + t, total)
+
+    clean_miou = {name: _mean_iou_of_image(engine, image, prompts, reference) for name, engine in engines.items()}
+    miou = {(a, e): [] for a in engines for e in engines}
+    images = image_to_tensor(image)
+    for eps in eps_values:
+        for attacked_name, attacked_engine in engines.items():
+            if eps == 0:
+                for evaluated_name in engines:
+                    miou[(attacked_name, evaluated_name)].append(clean_miou[evaluated_name])
+                continue
+            if cancel is not None and cancel.is_set():
+                raise AttackCancelled(f"Robustness curve cancelled after {done} of {total} steps.")
+            crafted = make_attack(attack, attacked_engine, eps=eps / 255.0, steps=steps, generator=generator,
+                                  seed=seed, progress=step_progress, cancel=cancel)
+            result = crafted.forward(images.to(attacked_engine.device), prompts=prompts)
+            done += steps
+            adversarial = tensor_to_image(result.adv_images)
+            for evaluated_name, evaluated_engine in engines.items():
+                miou[(attacked_name, evaluated_name)].append(
+                    _mean_iou_of_image(evaluated_engine, adversarial, prompts, reference))
+    settings = {"attack": attack, "steps": steps, "generator": generator, "seed": seed,
+                "eps255": eps_values, "prompts": len(prompts)}
+    return RobustnessCurve(eps_values, miou, reference_name, attack, steps, time.perf_counter() - start, settings)
