@@ -1,13 +1,15 @@
 """Attack an image and save the adversarial PNG (``python -m samdemo attack``).
 
     python -m samdemo attack --image in.png --attack cross-prompt --eps 8 --steps 10 --out adv.png \
-        [--model sam-small] [--point X Y] [--box X0 Y0 X1 Y1] [--seed 0] [--generator pgd]
+        [--model sam-small] [--point X Y] [--box X0 Y0 X1 Y1] [--seed 0] [--generator pgd] [--bundle run.zip]
+    python -m samdemo attack --replay run.zip --out replayed.png     # or --replay settings.json
 
 eps and step size are in 1/255 units. The prompts (points, a box; the image centre when none)
 define the object: its clean mask gives point / box / mask prompts (``prompts_from_mask``),
 and the command prints, for each, the IoU of the adversarial prediction against the clean one,
 plus the user's own prompt. The ``mask`` attack is crafted with the user's prompt; the others
 never see it. The output must be a PNG: a lossy format would break the L-infinity bound.
+``--bundle`` writes a zip (``samdemo.bundle``) whose settings replay the same attack bit for bit.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     from samdemo.attacks import ATTACKS, GENERATORS
     from samdemo.build import DEFAULT_MODEL
 
-    parser.add_argument("--image", type=Path, required=True, help="input image (PNG/JPEG, RGB)")
+    parser.add_argument("--image", type=Path, default=None, help="input image (PNG/JPEG, RGB); required without --replay")
     parser.add_argument("--out", type=Path, required=True, help="adversarial image, .png (lossless)")
+    parser.add_argument("--replay", type=Path, default=None,
+                        help="take image and attack settings from a settings JSON (or a --bundle zip); "
+                             "options given here are replaced by the file's")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="also write a .zip: clean and adversarial PNG, masks, IoU table CSV, settings JSON")
     parser.add_argument("--attack", default="cross-prompt", choices=list(ATTACKS))
     parser.add_argument("--eps", type=float, default=8.0, help=f"L-inf bound in 1/255 units (0..{EPS_MAX_255}), default 8")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="iterations (1..1000), default 10")
@@ -71,6 +78,30 @@ def user_prompts(args, hw: tuple[int, int], scale: float = 1.0):
                   box=None if box is None else box * scale)
 
 
+def apply_replay(args) -> None:
+    """Replace ``args``' attack options by those of the ``--replay`` file (``samdemo.bundle``)."""
+    from samdemo.bundle import read_settings
+
+    if args.replay is not None:
+        optional = {"step_size": None, "point": None, "box": None, "no_random_start": False}
+        for key, value in (optional | read_settings(args.replay)).items():
+            setattr(args, key, value)
+    if args.image is None:
+        raise ValueError("give --image (or --replay settings.json).")
+
+
+def replay_settings(args, prompt) -> dict:
+    """The attack in the CLI's option names, the prompt in the frame of the image actually attacked."""
+    settings = {key: getattr(args, key) for key in ("model", "attack", "eps", "steps", "seed", "generator",
+                                                    "step_size", "no_random_start")}
+    if prompt is not None:
+        settings["point"] = prompt.points.tolist() or None
+        settings["box"] = None if prompt.box is None else prompt.box.tolist()
+    if args.weights is not None:
+        raise ValueError("--bundle records a named model's settings; it cannot replay --weights.")
+    return settings | {"image": str(args.image)}
+
+
 def run(args) -> int:
     from samdemo.attacks.transfer import object_prompts
     from samdemo.factory import load_engine
@@ -78,6 +109,9 @@ def run(args) -> int:
     from samdemo.pipeline import AttackRequest, run_attack
     from samdemo.prompts import point_prompt
 
+    apply_replay(args)
+    if args.bundle is not None and args.bundle.suffix.lower() != ".zip":
+        raise ValueError(f"--bundle must be a .zip file; got {args.bundle.name!r}.")
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file (lossless); got {args.out.name!r}.")
     request = AttackRequest(attack=args.attack, generator=args.generator, eps255=args.eps, steps=args.steps,
@@ -108,8 +142,18 @@ def run(args) -> int:
     print(f"{args.attack} on {engine.name}: eps {args.eps:g}/255, {outcome.timings['steps_run']} steps "
           f"({args.generator}), {outcome.result.seconds:.1f} s, L-inf {linf}/255 -> {args.out}")
     print("IoU(adversarial, clean) per prompt:")
-    for kind, iou in zip(evaluated, outcome.iou(engine.name, "adversarial")):
+    ious = outcome.iou(engine.name, "adversarial")
+    for kind, iou in zip(evaluated, ious):
         print(f"  {kind:>13}: {iou:.3f}")
+    if args.bundle is not None:
+        from samdemo.bundle import write_bundle
+
+        kinds = [kind.replace(" ", "-") for kind in evaluated]
+        masks = {f"{kind}-{which}": outcome.masks[engine.name, which][k]
+                 for k, kind in enumerate(kinds) for which in ("clean", "adversarial")}
+        table = [["prompt", "IoU(adversarial, clean)"]] + [[kind, round(float(iou), 4)] for kind, iou in zip(kinds, ious)]
+        write_bundle(args.bundle, image, adv, masks, table, replay_settings(args, prompt))
+        print(f"bundle -> {args.bundle} (replay: python -m samdemo attack --replay {args.bundle} --out replayed.png)")
     return 0
 
 
