@@ -147,3 +147,65 @@ def robustness_curve(original: SegmentEngine, image: np.ndarray, prompts: Sequen
     settings = {"attack": attack, "steps": steps, "generator": generator, "seed": seed,
                 "eps255": eps_values, "prompts": len(prompts)}
     return RobustnessCurve(eps_values, miou, reference_name, attack, steps, time.perf_counter() - start, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m samdemo curve
+# ---------------------------------------------------------------------------------------------
+def configure_parser(parser) -> None:
+    """``python -m samdemo curve``: the robustness curve of one image, as a PNG figure and a CSV."""
+    from pathlib import Path
+
+    from samdemo.attacks import ATTACKS, GENERATORS
+    from samdemo.build import DEFAULT_MODEL
+
+    parser.add_argument("--image", type=Path, required=True, help="input image (PNG/JPEG, RGB)")
+    parser.add_argument("--out", type=Path, required=True, help="figure, .png; the table goes to the same name .csv")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="adapter folder of the robust model (default checkpoints/<model>-adapter when present)")
+    parser.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"))
+    parser.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
+    parser.add_argument("--eps", type=float, nargs="+", default=list(CURVE_EPS255), help="1/255 units")
+    parser.add_argument("--attack", default="mask", choices=list(ATTACKS))
+    parser.add_argument("--generator", default="pgd", choices=list(GENERATORS))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    import copy
+    import csv
+    import sys
+
+    from samdemo.adapter import load_adapter
+    from samdemo.attacks.cli import read_image, user_prompts
+    from samdemo.build import CHECKPOINT_DIR
+    from samdemo.plots import robustness_curve_plot
+    from samdemo.prompts import point_prompt
+
+    if args.out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file; got {args.out.name!r}.")
+    image, shown_hw = read_image(args.image)
+    h, w = image.shape[:2]
+    prompt = user_prompts(args, shown_hw, w / shown_hw[1]) or point_prompt(w / 2, h / 2)
+    original = SegmentEngine.from_name(args.model)
+    folder = args.adapter or CHECKPOINT_DIR / f"{args.model}-adapter"
+    robust = None
+    if folder.is_dir():
+        robust = SegmentEngine(copy.deepcopy(original.model), original.family, name=original.name, cache=original.cache)
+        load_adapter(robust, folder, merge=True)
+    elif args.adapter is not None:
+        raise FileNotFoundError(f"adapter folder {folder} does not exist.")
+    curve = robustness_curve(original, image, [prompt], robust=robust, eps255=args.eps, attack=args.attack,
+                             steps=args.steps, generator=args.generator, seed=args.seed,
+                             progress=lambda done, total: print(f"\rstep {done}/{total}", end="", file=sys.stderr))
+    print(file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    robustness_curve_plot(curve).savefig(args.out, dpi=120)
+    with open(args.out.with_suffix(".csv"), "w", newline="") as handle:
+        csv.writer(handle).writerows([["attacked", "evaluated", "eps255", "miou"], *curve.rows()])
+    for (attacked, evaluated), values in curve.miou.items():
+        print(f"{curve.label(attacked, evaluated):>40}: " + "  ".join(f"{v:.3f}" for v in values))
+    print(f"eps /255: {curve.eps255}; mIoU vs {curve.reference}; {curve.seconds:.1f} s -> {args.out}")
+    return 0

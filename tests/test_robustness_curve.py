@@ -7,6 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from samdemo.attacks import AttackCancelled, make_attack
+from samdemo.build import CHECKPOINT_DIR
 from samdemo.engine import image_to_tensor, tensor_to_image
 from samdemo.metrics import mask_iou
 from samdemo.plots import robustness_curve_plot
@@ -98,3 +99,20 @@ def test_curve_plot_has_one_line_per_series(rng):
     labels = {text.get_text() for text in ax.get_legend().get_texts()}
     assert "robust model, adaptive" in labels and "robust model, transfer from original" in labels
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), curve.series("original", "original"))
+
+
+@pytest.mark.skipif(not (CHECKPOINT_DIR / "sam-small-adapter").is_dir(), reason="shipped adapter absent")
+def test_curve_cli_writes_figure_and_table(tmp_path, capsys):
+    from PIL import Image
+
+    from samdemo.__main__ import main
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = 220
+    Image.fromarray(image).save(tmp_path / "in.png")
+    assert main(["curve", "--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "curve.png"),
+                 "--point", "32", "32", "--eps", "0", "2", "--steps", "1"]) == 0
+    assert Image.open(tmp_path / "curve.png").size[0] > 100
+    rows = (tmp_path / "curve.csv").read_text().splitlines()
+    assert rows[0] == "attacked,evaluated,eps255,miou" and len(rows) == 1 + 4 * 2  # 4 series x 2 epsilons
+    assert "robust model, adaptive" in capsys.readouterr().out
