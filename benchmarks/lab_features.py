@@ -30,22 +30,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import write_json  # noqa: E402
-from samdemo.adapter import load_adapter  # noqa: E402
-from samdemo.attacks import make_attack  # noqa: E402
 from samdemo.build import CHECKPOINT_DIR  # noqa: E402
-from samdemo.engine import SegmentEngine, image_to_tensor, tensor_to_image  # noqa: E402
+from samdemo.factory import load_engine, robust_copy  # noqa: E402
 from samdemo.metrics import perturbation_norms  # noqa: E402
+from samdemo.pipeline import AttackRequest  # noqa: E402
 from samdemo.prompts import Prompt  # noqa: E402
 from samdemo.robustness_curve import robustness_curve  # noqa: E402
-from samdemo.segment_everything import compare_everything, segment_everything  # noqa: E402
-
-
-def robust_copy(engine: SegmentEngine) -> SegmentEngine:
-    import copy
-
-    robust = SegmentEngine(copy.deepcopy(engine.model), engine.family, name=engine.name, cache=engine.cache)
-    load_adapter(robust, CHECKPOINT_DIR / f"{engine.name}-adapter", merge=True)
-    return robust
+from samdemo.segment_everything import everything_under_attack, segment_everything  # noqa: E402
 
 
 def timed(fn):
@@ -55,19 +46,20 @@ def timed(fn):
 
 
 def measure(model: str, image: np.ndarray, steps: int) -> dict:
-    original = SegmentEngine.from_name(model)
-    robust = robust_copy(original)
+    original = load_engine(model, frozen=True)
+    robust, _ = robust_copy(original, CHECKPOINT_DIR / f"{model}-adapter")
     prompts = [Prompt(points=np.array([[128.0, 128.0]], np.float32), labels=np.array([1]))]
     original.predict(image, prompts)  # warm up, cache the clean embedding
-    curve, curve_s = timed(lambda: robustness_curve(original, image, prompts, robust=robust, steps=steps))
+    curve, curve_s = timed(lambda: robustness_curve(original, image, prompts, AttackRequest(attack="mask", steps=steps),
+                                                    robust=robust))
     original.cache.clear()
     masks, everything_uncached_s = timed(lambda: segment_everything(original, image))
     _, everything_cached_s = timed(lambda: segment_everything(original, image))
-    attack = make_attack("cross-prompt", original, eps=8 / 255, steps=steps, seed=0)
-    adversarial, attack_s = timed(lambda: tensor_to_image(attack.forward(image_to_tensor(image)).adv_images))
-    comparisons, compare_s = timed(lambda: {name: compare_everything(engine, image, adversarial)
-                                            for name, engine in (("original", original), ("robust", robust))})
-    _, norms_s = timed(lambda: [perturbation_norms(image, adversarial) for _ in range(100)])
+    under_attack = everything_under_attack(AttackRequest(attack="cross-prompt", eps255=8, steps=steps),
+                                           {"original": original, "robust": robust}, image)
+    attack_s, compare_s = (round(under_attack.timings[key], 2) for key in ("attack", "segment"))
+    comparisons = under_attack.comparisons
+    _, norms_s = timed(lambda: [perturbation_norms(image, under_attack.adversarial) for _ in range(100)])
     return {
         "robustness_curve": {"seconds": curve_s, "attacks": 10, "steps": steps,
                              "miou": {f"{a}->{e}": [round(v, 3) for v in values] for (a, e), values in curve.miou.items()},

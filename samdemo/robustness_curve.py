@@ -1,20 +1,20 @@
 """Robustness curve of one image: mIoU of the original and the robust model against epsilon.
 
-For each epsilon (in 1/255 units, ``CURVE_EPS255`` by default) the attack is crafted once on
-each *attacked* model and every *evaluated* model segments the adversarial image with the same
-prompts:
+For each epsilon (in 1/255 units, ``CURVE_EPS255`` by default) the attack of one
+:class:`samdemo.pipeline.AttackRequest` (its ``eps255`` replaced) is crafted once on each *attacked*
+model through :func:`samdemo.pipeline.run_attack`, and every *evaluated* model segments the
+adversarial image with the same prompts:
 
 * crafted on the original model: the original model is attacked white-box, the robust model
   sees a **transfer** attack;
 * crafted on the robust model: the robust model is attacked **adaptively** (the attacker knows
   the defence), the original model sees a transfer from it.
 
-mIoU is the mean over the prompts of the IoU of each predicted mask (H x W, original image
-frame) against a reference: the painted ground truth when given, else the original model's
-clean mask of the same prompt (as in the app's attack table). Epsilon 0 is the clean image and
-costs no attack. Clean embeddings come from each engine's embedding cache (one per model and
-image); each adversarial image is embedded once per evaluated model and decodes every prompt in
-one batch.
+mIoU is the mean over the P prompts of the IoU of each predicted mask (H x W, original image
+frame) against a reference: the painted ground truth (H x W) when given, else the original
+model's clean mask of the same prompt (P x H x W, as in the app's attack table). Epsilon 0 is the
+clean image and costs no attack. Clean embeddings come from each engine's embedding cache (one
+per model and image).
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from samdemo.attacks import AttackCancelled, make_attack
-from samdemo.engine import SegmentEngine, image_to_tensor, tensor_to_image
+from samdemo.attacks.base import eps_from_255
+from samdemo.engine import SegmentEngine
+from samdemo.errors import AttackCancelled
 from samdemo.metrics import batch_iou
+from samdemo.pipeline import AttackRequest, run_attack
 from samdemo.prompts import Prompt
 
 CURVE_EPS255 = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 ORIGINAL, ROBUST = "original", "robust"
+DEFAULT_CURVE_REQUEST = AttackRequest(attack="mask", steps=10)
 
 CurveProgressFn = Callable[[int, int], None]  # (attack steps done, attack steps in all)
 
@@ -44,16 +47,24 @@ class RobustnessCurve:
 
     eps255: E epsilons in 1/255 units, ascending. miou: ``{(attacked, evaluated): E floats}`` with
     attacked, evaluated in {"original", "robust"} (only "original" when no robust model is given).
-    reference: "ground truth" or "original clean mask". seconds: wall time of the whole curve.
+    reference: "ground truth" or "original clean mask". request: the attack (its eps255 is each
+    point's). seconds: wall time of the whole curve.
     """
 
     eps255: list[float]
     miou: dict[tuple[str, str], list[float]]
     reference: str
-    attack: str
-    steps: int
+    request: AttackRequest
     seconds: float
     settings: dict = field(default_factory=dict)
+
+    @property
+    def attack(self) -> str:
+        return self.request.attack
+
+    @property
+    def steps(self) -> int:
+        return self.request.steps
 
     def series(self, attacked: str, evaluated: str) -> list[float]:
         return self.miou[(attacked, evaluated)]
@@ -71,34 +82,28 @@ class RobustnessCurve:
                 for (attacked, evaluated), values in self.miou.items() for eps, value in zip(self.eps255, values)]
 
 
-def _check_eps_list(eps255: Sequence[float]) -> list[float]:
-    from samdemo.attacks import validate_eps
-
-    values = sorted({float(validate_eps(float(e) / 255.0)) * 255.0 for e in eps255})
+def check_eps_list(eps255: Sequence[float]) -> list[float]:
+    """Epsilons in 1/255 units -> sorted, unique, each within the threat model (ValueError otherwise)."""
+    for value in eps255:
+        eps_from_255(value)
+    values = sorted({float(e) for e in eps255})
     if not values:
         raise ValueError("The robustness curve needs at least one epsilon.")
     return values
 
 
-def _mean_iou_of_image(engine: SegmentEngine, image: np.ndarray, prompts: Sequence[Prompt],
-                       reference: torch.Tensor) -> float:
-    """mIoU over prompts of ``engine``'s masks on an H x W x 3 uint8 image vs P x H x W bool ``reference``."""
-    masks = engine.predict(image, prompts).masks.cpu()
-    return float(batch_iou(masks, reference).mean())
-
-
 def robustness_curve(original: SegmentEngine, image: np.ndarray, prompts: Sequence[Prompt],
-                     robust: SegmentEngine | None = None, ground_truth: np.ndarray | None = None,
-                     eps255: Sequence[float] = CURVE_EPS255, attack: str = "mask", steps: int = 10,
-                     generator: str = "pgd", seed: int = 0, progress: CurveProgressFn | None = None,
+                     request: AttackRequest = DEFAULT_CURVE_REQUEST, robust: SegmentEngine | None = None,
+                     ground_truth: np.ndarray | None = None, eps255: Sequence[float] = CURVE_EPS255,
+                     progress: CurveProgressFn | None = None,
                      cancel: threading.Event | None = None) -> RobustnessCurve:
     """The curve of one H x W x 3 uint8 ``image`` and its ``prompts`` (original image frame).
 
-    ``ground_truth``: H x W bool, the one object every prompt points at (else each prompt's
-    reference is the original model's clean mask). ``attack``: a name of ``samdemo.attacks.ATTACKS``
-    crafted with ``steps`` iterations of ``generator`` and ``seed`` at every epsilon. ``progress``
-    is called after every attack step with (done, total) over the whole curve; ``cancel`` is
-    checked before every step and raises :class:`samdemo.attacks.AttackCancelled`.
+    ``request``: the attack, generator, steps and seed of every point (``eps255`` replaced by each
+    of ``eps255``). ``ground_truth``: H x W bool, the one object every prompt points at (else each
+    prompt's reference is the original model's clean mask). ``progress`` is called after every
+    attack step with (done, total) over the whole curve; ``cancel`` stops it (within one step) with
+    :class:`samdemo.errors.AttackCancelled`.
     """
     start = time.perf_counter()
     prompts = list(prompts)
@@ -106,47 +111,43 @@ def robustness_curve(original: SegmentEngine, image: np.ndarray, prompts: Sequen
         raise ValueError("The robustness curve needs at least one prompt.")
     for prompt in prompts:
         prompt.validate(image.shape[:2])
-    eps_values = _check_eps_list(eps255)
+    eps_values = check_eps_list(eps255)
     engines = {ORIGINAL: original} | ({ROBUST: robust} if robust is not None else {})
 
+    clean = {name: engine.predict(image, prompts).masks.cpu() for name, engine in engines.items()}
     if ground_truth is not None:
-        gt = torch.as_tensor(np.asarray(ground_truth, dtype=bool))
-        if tuple(gt.shape) != tuple(image.shape[:2]):
-            raise ValueError(f"ground truth is {tuple(gt.shape)}, the image {image.shape[:2]}.")
-        reference, reference_name = gt[None].expand(len(prompts), -1, -1), "ground truth"
+        gt = np.asarray(ground_truth, dtype=bool)
+        if gt.shape != tuple(image.shape[:2]):
+            raise ValueError(f"The ground truth is {gt.shape}, the image {image.shape[:2]}.")
+        reference, reference_name = np.array(np.broadcast_to(gt, clean[ORIGINAL].shape)), "ground truth"
     else:
-        reference, reference_name = original.predict(image, prompts).masks.cpu(), "original clean mask"
+        reference, reference_name = clean[ORIGINAL].numpy(), "original clean mask"
+    reference_t = torch.from_numpy(reference)
 
-    attacked_eps = [e for e in eps_values if e > 0]
-    total = len(attacked_eps) * len(engines) * steps
+    total = sum(e > 0 for e in eps_values) * len(engines) * request.steps
     done = 0
 
     def step_progress(t: int, _steps: int) -> None:
         if progress is not None:
             progress(done + t, total)
 
-    clean_miou = {name: _mean_iou_of_image(engine, image, prompts, reference) for name, engine in engines.items()}
     miou = {(a, e): [] for a in engines for e in engines}
-    images = image_to_tensor(image)
     for eps in eps_values:
-        for attacked_name, attacked_engine in engines.items():
+        for attacked in engines:
             if eps == 0:
-                for evaluated_name in engines:
-                    miou[(attacked_name, evaluated_name)].append(clean_miou[evaluated_name])
+                for evaluated in engines:
+                    miou[attacked, evaluated].append(float(batch_iou(clean[evaluated], reference_t).mean()))
                 continue
             if cancel is not None and cancel.is_set():
                 raise AttackCancelled(f"Robustness curve cancelled after {done} of {total} steps.")
-            crafted = make_attack(attack, attacked_engine, eps=eps / 255.0, steps=steps, generator=generator,
-                                  seed=seed, progress=step_progress, cancel=cancel)
-            result = crafted.forward(images.to(attacked_engine.device), prompts=prompts)
-            done += steps
-            adversarial = tensor_to_image(result.adv_images)
-            for evaluated_name, evaluated_engine in engines.items():
-                miou[(attacked_name, evaluated_name)].append(
-                    _mean_iou_of_image(evaluated_engine, adversarial, prompts, reference))
-    settings = {"attack": attack, "steps": steps, "generator": generator, "seed": seed,
-                "eps255": eps_values, "prompts": len(prompts)}
-    return RobustnessCurve(eps_values, miou, reference_name, attack, steps, time.perf_counter() - start, settings)
+            outcome = run_attack(request.with_(eps255=eps), engines, image, prompts, target=attacked,
+                                 progress=step_progress, cancel=cancel)
+            done += request.steps
+            for evaluated in engines:
+                miou[attacked, evaluated].append(float(outcome.iou(evaluated, "adversarial", reference).mean()))
+    settings = {"attack": request.attack, "steps": request.steps, "generator": request.generator,
+                "seed": request.seed, "eps255": eps_values, "prompts": len(prompts)}
+    return RobustnessCurve(eps_values, miou, reference_name, request, time.perf_counter() - start, settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,31 +175,29 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> int:
-    import copy
     import csv
     import sys
 
-    from samdemo.adapter import load_adapter
-    from samdemo.attacks.cli import read_image, user_prompts
+    from samdemo.attacks.cli import read_user_image, user_prompts
     from samdemo.build import CHECKPOINT_DIR
+    from samdemo.factory import load_engine, robust_copy
     from samdemo.plots import robustness_curve_plot
     from samdemo.prompts import point_prompt
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file; got {args.out.name!r}.")
-    image, shown_hw = read_image(args.image)
+    request = AttackRequest(attack=args.attack, generator=args.generator, steps=args.steps, seed=args.seed)
+    image, shown_hw = read_user_image(args.image)
     h, w = image.shape[:2]
     prompt = user_prompts(args, shown_hw, w / shown_hw[1]) or point_prompt(w / 2, h / 2)
-    original = SegmentEngine.from_name(args.model)
+    original = load_engine(args.model, frozen=True)
     folder = args.adapter or CHECKPOINT_DIR / f"{args.model}-adapter"
     robust = None
     if folder.is_dir():
-        robust = SegmentEngine(copy.deepcopy(original.model), original.family, name=original.name, cache=original.cache)
-        load_adapter(robust, folder, merge=True)
+        robust, _ = robust_copy(original, folder)
     elif args.adapter is not None:
         raise FileNotFoundError(f"adapter folder {folder} does not exist.")
-    curve = robustness_curve(original, image, [prompt], robust=robust, eps255=args.eps, attack=args.attack,
-                             steps=args.steps, generator=args.generator, seed=args.seed,
+    curve = robustness_curve(original, image, [prompt], request, robust=robust, eps255=args.eps,
                              progress=lambda done, total: print(f"\rstep {done}/{total}", end="", file=sys.stderr))
     print(file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)

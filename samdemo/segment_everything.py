@@ -7,20 +7,28 @@ and :meth:`SegmentEngine.decode`, so the same algorithm runs on SAM and SAM 2 mo
 embedded ones, on a model with an adapter, and on any image (clean or adversarial) with the
 engine's embedding cache.
 
+:func:`everything_under_attack` crafts one perturbation through :func:`samdemo.pipeline.craft`
+(the cross-prompt attack is the natural one here: it needs no prompt) and segments the clean and the
+adversarial image with every engine.
+
 Frames: images are H x W x 3 uint8; points and masks are in the original H x W frame (the
 engine maps them to the model's input, so the predictor's coordinate transform is the identity).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from segment_anything import SamAutomaticMaskGenerator
 
-from samdemo.engine import SegmentEngine
+from samdemo.engine import SegmentEngine, image_to_tensor, tensor_to_image
+from samdemo.errors import AttackCancelled
+from samdemo.pipeline import AttackRequest, ProgressFn, craft
 from samdemo.prompts import Prompt
 
 DEFAULT_POINTS_PER_SIDE = 16  # 256 prompts: a few seconds on 2 CPU cores at 256 px
@@ -163,12 +171,48 @@ def compare_everything(engine: SegmentEngine, clean_image: np.ndarray, adversari
     return EverythingComparison(clean, adversarial, surviving_masks(clean, adversarial))
 
 
-def render_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.55, colormap: str = "tab20") -> np.ndarray:
-    """H x W x 3 uint8 image with each of K x H x W masks blended in its own colour (matplotlib's
-    ``colormap``, cycled); later masks are drawn over earlier ones, so pass the largest first."""
-    out = image.astype(np.float32)
-    palette = colormaps[colormap]
-    for k, mask in enumerate(masks):
-        colour = np.asarray(palette(k % palette.N)[:3], np.float32) * 255
-        out[mask] = (1 - alpha) * out[mask] + alpha * colour
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+@dataclass
+class EverythingUnderAttack:
+    """:func:`everything_under_attack`'s result: the H x W x 3 uint8 ``adversarial`` image, one
+    :class:`EverythingComparison` per engine name, and ``timings`` in seconds (``attack``, ``segment``)."""
+
+    request: AttackRequest
+    target: str
+    adversarial: np.ndarray
+    comparisons: dict[str, EverythingComparison]
+    timings: dict[str, float]
+
+
+def everything_under_attack(request: AttackRequest, engines: Mapping[str, SegmentEngine], image: np.ndarray,
+                            target: str | None = None, prompts: Sequence[Prompt] | None = None,
+                            progress: ProgressFn | None = None, stage: Callable[[str, int, int], None] | None = None,
+                            cancel: threading.Event | None = None, **settings) -> EverythingUnderAttack:
+    """Craft ``request`` on ``engines[target]`` (default the first) against the H x W x 3 uint8 ``image``,
+    then segment everything on the clean and the adversarial image with every engine.
+
+    A prompt-specific attack needs ``prompts`` (original frame); a prompt-free one ignores them.
+    ``progress(t, T)`` follows the attack's steps, ``stage(what, k, K)`` the K segmentations; ``cancel``
+    is checked by the attack at every step and before every segmentation (:class:`AttackCancelled`)."""
+    target = target or next(iter(engines))
+    if request.uses_prompts and not prompts:
+        raise ValueError(f"The {request.attack} attack is crafted for a prompt: give one, or choose a prompt-free "
+                         "attack (cross-prompt).")
+    crafter = engines[target]
+    t0 = time.perf_counter()
+    result = craft(request, crafter, image_to_tensor(image).to(crafter.device),
+                   [list(prompts)] if prompts else None, progress, cancel)
+    adversarial = tensor_to_image(result.adv_images)
+    t_attack = time.perf_counter()
+    comparisons, total = {}, 2 * len(engines)
+    for k, (name, engine) in enumerate(engines.items()):
+        masks = {}
+        for j, (input_name, shown) in enumerate((("clean", image), ("adversarial", adversarial))):
+            if cancel is not None and cancel.is_set():
+                raise AttackCancelled("Segment everything cancelled.")
+            if stage is not None:
+                stage(f"{name} model, {input_name} image", 2 * k + j, total)
+            masks[input_name] = segment_everything(engine, shown, **settings)
+        comparisons[name] = EverythingComparison(masks["clean"], masks["adversarial"],
+                                                 surviving_masks(masks["clean"], masks["adversarial"]))
+    timings = {"attack": t_attack - t0, "segment": time.perf_counter() - t_attack}
+    return EverythingUnderAttack(request, target, adversarial, comparisons, timings)

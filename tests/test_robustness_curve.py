@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from samdemo.attacks import AttackCancelled, make_attack
-from samdemo.build import CHECKPOINT_DIR
+from samdemo.errors import AttackCancelled
 from samdemo.engine import image_to_tensor, tensor_to_image
+from samdemo.pipeline import AttackRequest, craft
 from samdemo.metrics import mask_iou
 from samdemo.plots import robustness_curve_plot
 from samdemo.prompts import Prompt
@@ -26,7 +26,7 @@ PROMPTS = [Prompt(points=np.array([[20.0, 30.0]]), labels=np.array([1])),
 
 def test_curve_series_and_clean_point(engine, rng):
     image = _image(rng)
-    curve = robustness_curve(engine, image, PROMPTS, eps255=(4, 0, 2), steps=2)
+    curve = robustness_curve(engine, image, PROMPTS, AttackRequest(attack="mask", steps=2), eps255=(4, 0, 2))
     assert curve.eps255 == [0.0, 2.0, 4.0]
     assert list(curve.miou) == [("original", "original")]  # no robust model: one series
     assert curve.series("original", "original")[0] == pytest.approx(1.0)  # clean vs itself
@@ -37,11 +37,12 @@ def test_curve_series_and_clean_point(engine, rng):
 def test_curve_point_matches_the_attack_run_directly(rng):
     original, robust = tiny_engine("sam", seed=0), tiny_engine("sam", seed=1)
     image = _image(rng)
-    curve = robustness_curve(original, image, PROMPTS, robust=robust, eps255=(0, 8), steps=3, seed=5)
+    curve = robustness_curve(original, image, PROMPTS, AttackRequest(attack="mask", steps=3, seed=5), robust=robust,
+                             eps255=(0, 8))
     assert set(curve.miou) == {(a, e) for a in ("original", "robust") for e in ("original", "robust")}
     # The adaptive point at eps 8: craft on the robust model, evaluate it against the original's clean masks.
-    attack = make_attack("mask", robust, eps=8 / 255, steps=3, seed=5)
-    adversarial = tensor_to_image(attack.forward(image_to_tensor(image), prompts=PROMPTS).adv_images)
+    result = craft(AttackRequest(attack="mask", eps255=8, steps=3, seed=5), robust, image_to_tensor(image), [PROMPTS])
+    adversarial = tensor_to_image(result.adv_images)
     reference = original.predict(image, PROMPTS).masks.numpy()
     masks = robust.predict(adversarial, PROMPTS).masks.numpy()
     expected = np.mean([mask_iou(m, r) for m, r in zip(masks, reference)])
@@ -55,7 +56,7 @@ def test_curve_against_ground_truth(engine, rng):
     image = _image(rng)
     gt = np.zeros((64, 64), bool)
     gt[10:40, 10:40] = True
-    curve = robustness_curve(engine, image, PROMPTS, ground_truth=gt, eps255=(0,), steps=1)
+    curve = robustness_curve(engine, image, PROMPTS, ground_truth=gt, eps255=(0,))
     masks = engine.predict(image, PROMPTS).masks.numpy()
     assert curve.reference == "ground truth"
     assert curve.series("original", "original")[0] == pytest.approx(np.mean([mask_iou(m, gt) for m in masks]))
@@ -66,8 +67,8 @@ def test_curve_against_ground_truth(engine, rng):
 def test_curve_progress_counts_every_attack_step(rng):
     original, robust = tiny_engine("sam2", seed=0), tiny_engine("sam2", seed=1)
     calls = []
-    robustness_curve(original, _image(rng), PROMPTS[:1], robust=robust, eps255=(0, 1, 2), steps=2,
-                     progress=lambda done, total: calls.append((done, total)))
+    robustness_curve(original, _image(rng), PROMPTS[:1], AttackRequest(attack="mask", steps=2), robust=robust,
+                     eps255=(0, 1, 2), progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i, 8) for i in range(1, 9)]  # 2 epsilons x 2 attacked models x 2 steps
 
 
@@ -78,20 +79,23 @@ def test_curve_cancel(engine, rng):
         cancel.set()
 
     with pytest.raises(AttackCancelled):
-        robustness_curve(engine, _image(rng), PROMPTS, eps255=(1, 2), steps=3, progress=cancel_after_first,
+        robustness_curve(engine, _image(rng), PROMPTS, AttackRequest(attack="mask", steps=3), eps255=(1, 2),
+                         progress=cancel_after_first,
                          cancel=cancel)
 
 
 def test_curve_rejects_bad_input(engine, rng):
     with pytest.raises(ValueError, match="prompt"):
         robustness_curve(engine, _image(rng), [])
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match="epsilon"):
         robustness_curve(engine, _image(rng), PROMPTS, eps255=(64,))
+    with pytest.raises(ValueError, match="epsilon"):
+        robustness_curve(engine, _image(rng), PROMPTS, eps255=())
 
 
 def test_curve_plot_has_one_line_per_series(rng):
-    curve = robustness_curve(tiny_engine("sam"), _image(rng), PROMPTS[:1], robust=tiny_engine("sam", seed=1),
-                             eps255=(0, 1), steps=1)
+    curve = robustness_curve(tiny_engine("sam"), _image(rng), PROMPTS[:1], AttackRequest(attack="mask", steps=1),
+                             robust=tiny_engine("sam", seed=1), eps255=(0, 1))
     figure = robustness_curve_plot(curve)
     assert isinstance(figure, Figure)
     ax = figure.axes[0]
@@ -101,17 +105,22 @@ def test_curve_plot_has_one_line_per_series(rng):
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), curve.series("original", "original"))
 
 
-@pytest.mark.skipif(not (CHECKPOINT_DIR / "sam-small-adapter").is_dir(), reason="shipped adapter absent")
-def test_curve_cli_writes_figure_and_table(tmp_path, capsys):
+def test_curve_cli_writes_figure_and_table(tmp_path, capsys, monkeypatch):
+    """On the tiny engines of test_app (registered names) with a tiny "shipped" adapter."""
     from PIL import Image
 
+    import samdemo.factory
     from samdemo.__main__ import main
+    from tests.test_app import tiny_engine as named_tiny_engine, write_tiny_adapters
+
+    monkeypatch.setattr(samdemo.factory, "load_engine", lambda name, weights=None, frozen=False, **k: named_tiny_engine(name))
+    adapter = write_tiny_adapters(tmp_path / "checkpoints") / "sam-small-adapter"
 
     image = np.zeros((64, 64, 3), np.uint8)
     image[16:48, 16:48] = 220
     Image.fromarray(image).save(tmp_path / "in.png")
     assert main(["curve", "--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "curve.png"),
-                 "--point", "32", "32", "--eps", "0", "2", "--steps", "1"]) == 0
+                 "--point", "32", "32", "--eps", "0", "2", "--steps", "1", "--adapter", str(adapter)]) == 0
     assert Image.open(tmp_path / "curve.png").size[0] > 100
     rows = (tmp_path / "curve.csv").read_text().splitlines()
     assert rows[0] == "attacked,evaluated,eps255,miou" and len(rows) == 1 + 4 * 2  # 4 series x 2 epsilons

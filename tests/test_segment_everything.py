@@ -6,8 +6,11 @@ import torch
 
 from samdemo.build import DEFAULT_MODEL
 from samdemo.prompts import Prompt
+from samdemo.app.render import render_masks
+from samdemo.pipeline import AttackRequest
 from samdemo.segment_everything import (EMBEDDED_MODEL_THRESHOLDS, EnginePredictor, compare_everything,
-                                        default_settings, render_masks, segment_everything, surviving_masks)
+                                        default_settings, everything_under_attack, segment_everything,
+                                        surviving_masks)
 
 KEEP_ALL = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "points_per_side": 4}
 
@@ -82,3 +85,21 @@ def test_render_masks_colours_only_inside_masks(rng):
     from matplotlib import colormaps
     first = np.asarray(colormaps["tab20"](0)[:3]) * 255
     np.testing.assert_allclose(out[0, 0], 0.45 * image[0, 0] + 0.55 * first, atol=1)
+
+
+def test_everything_under_attack_crafts_through_the_pipeline(rng):
+    from tests.conftest import tiny_engine
+
+    engines = {"original": tiny_engine("sam"), "robust": tiny_engine("sam", seed=1)}
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    stages, steps = [], []
+    outcome = everything_under_attack(AttackRequest(attack="cross-prompt", eps255=8, steps=2), engines, image,
+                                      target="robust", progress=lambda t, total: steps.append((t, total)),
+                                      stage=lambda what, k, total: stages.append((what, k, total)), **KEEP_ALL)
+    assert outcome.target == "robust" and set(outcome.comparisons) == {"original", "robust"}
+    assert np.abs(outcome.adversarial.astype(int) - image.astype(int)).max() <= 8
+    assert steps[-1] == (2, 2) and [k for _, k, _ in stages] == [0, 1, 2, 3]
+    for comparison in outcome.comparisons.values():
+        assert comparison.survived.shape == (len(comparison.clean),)
+    with pytest.raises(ValueError, match="prompt"):
+        everything_under_attack(AttackRequest(attack="mask", steps=1), engines, image)
