@@ -6,7 +6,8 @@ Contents (all images lossless PNG, H x W in the original image frame):
 * ``masks/<name>.png``: H x W, 255 foreground, 0 background, one per mask;
 * ``table.csv``: the result table, header first;
 * ``settings.json``: the attack in the CLI's own option names (``SETTINGS_KEYS``), with
-  ``"image": "clean.png"`` relative to the JSON file.
+  ``"image": "clean.png"`` relative to the JSON file;
+* ``README.txt`` (when given): how to replay it, and what the settings cannot express.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from PIL import Image
 SETTINGS_FILE = "settings.json"
 # CLI option (argparse dest) -> whether a settings file must give it
 SETTINGS_KEYS = {"image": True, "model": True, "attack": True, "eps": True, "steps": True, "seed": True,
-                 "generator": True, "step_size": False, "point": False, "box": False, "no_random_start": False}
+                 "generator": True, "step_size": False, "point": False, "negative_point": False, "box": False,
+                 "no_random_start": False, "adapter": False, "target": False}
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -45,7 +47,7 @@ def _file_name(name: str) -> str:
 
 
 def write_bundle(path: Path, clean: np.ndarray, adversarial: np.ndarray, masks: Mapping[str, np.ndarray],
-                 table: Sequence[Sequence], settings: Mapping) -> Path:
+                 table: Sequence[Sequence], settings: Mapping, readme: str | None = None) -> Path:
     """Write the zip described in the module docstring; ``table`` is rows, the header first;
     ``settings`` is checked with :func:`check_settings` (its ``image`` becomes ``clean.png``)."""
     settings = check_settings(dict(settings) | {"image": "clean.png"})
@@ -60,6 +62,8 @@ def write_bundle(path: Path, clean: np.ndarray, adversarial: np.ndarray, masks: 
             archive.writestr(f"masks/{_file_name(name)}.png", png_bytes(np.asarray(mask, bool)))
         archive.writestr("table.csv", text.getvalue())
         archive.writestr(SETTINGS_FILE, json.dumps(settings, indent=1) + "\n")
+        if readme:
+            archive.writestr("README.txt", readme.rstrip() + "\n")
     return path
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samdemo.build import CHECKPOINT_DIR
 from samdemo.bundle import read_settings, write_bundle
 
 SETTINGS = {"model": "sam-small", "attack": "mask", "eps": 4.0, "steps": 2, "seed": 3, "generator": "pgd",
@@ -50,17 +49,22 @@ def test_settings_file_checks(tmp_path):
         read_settings(tmp_path / "nojson.json")
 
 
-@pytest.mark.skipif(not (CHECKPOINT_DIR / "sam-small" / "model.safetensors").exists(), reason="embedded model absent")
-def test_cli_replay_reproduces_the_attack(tmp_path, capsys):
+def test_cli_replay_reproduces_the_attack(tmp_path, capsys, monkeypatch):
+    """--bundle then --replay, on a tiny seeded engine standing in for sam-small (same weights each load)."""
+    import samdemo.factory
     from samdemo.attacks.cli import main
+    from tests.conftest import tiny_engine
+
+    monkeypatch.setattr(samdemo.factory, "load_engine", lambda name, weights=None, frozen=False, **k: tiny_engine("sam"))
 
     image = np.zeros((64, 80, 3), np.uint8)
     image[10:40, 20:60] = (200, 60, 40)
     Image.fromarray(image).save(tmp_path / "in.png")
     assert main(["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "adv.png"), "--attack", "mask",
-                 "--eps", "4", "--steps", "2", "--seed", "7", "--point", "40", "25",
+                 "--eps", "4", "--steps", "2", "--seed", "7", "--point", "40", "25", "--negative-point", "5", "5",
                  "--bundle", str(tmp_path / "run.zip")]) == 0
     assert "bundle ->" in capsys.readouterr().out
+    assert read_settings(tmp_path / "run.zip")["negative_point"] == [[5.0, 5.0]]
     original = np.asarray(Image.open(tmp_path / "adv.png"))
     # another point on the command line is replaced by the bundle's
     assert main(["--replay", str(tmp_path / "run.zip"), "--out", str(tmp_path / "replayed.png"),
@@ -73,3 +77,5 @@ def test_cli_replay_reproduces_the_attack(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again.png")), original)
     assert main(["--out", str(tmp_path / "x.png")]) == 2
     assert "--image" in capsys.readouterr().err
+    assert main(["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "x.png"), "--target", "robust"]) == 2
+    assert "--adapter" in capsys.readouterr().err

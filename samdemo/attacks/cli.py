@@ -1,14 +1,17 @@
 """Attack an image and save the adversarial PNG (``python -m samdemo attack``).
 
     python -m samdemo attack --image in.png --attack cross-prompt --eps 8 --steps 10 --out adv.png \
-        [--model sam-small] [--point X Y] [--box X0 Y0 X1 Y1] [--seed 0] [--generator pgd] [--bundle run.zip]
+        [--model sam-small] [--point X Y] [--negative-point X Y] [--box X0 Y0 X1 Y1] [--seed 0] [--generator pgd] \
+        [--adapter shipped|FOLDER|owner/name[@rev] [--target robust]] [--bundle run.zip]
     python -m samdemo attack --replay run.zip --out replayed.png     # or --replay settings.json
 
 eps and step size are in 1/255 units. The prompts (points, a box; the image centre when none)
 define the object: its clean mask gives point / box / mask prompts (``prompts_from_mask``),
 and the command prints, for each, the IoU of the adversarial prediction against the clean one,
 plus the user's own prompt. The ``mask`` attack is crafted with the user's prompt; the others
-never see it. The output must be a PNG: a lossy format would break the L-infinity bound.
+never see it. With ``--adapter`` the robust model (``samdemo.factory.robust_copy``) is evaluated too,
+and ``--target robust`` crafts the attack on it (adaptive). The output must be a PNG: a lossy format
+would break the L-infinity bound.
 ``--bundle`` writes a zip (``samdemo.bundle``) whose settings replay the same attack bit for bit.
 """
 
@@ -44,7 +47,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="load these weights (safetensors or a training state.pt) into --model's architecture")
     parser.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"),
                         help="positive point (pixels); repeat for more")
+    parser.add_argument("--negative-point", type=float, nargs=2, action="append", metavar=("X", "Y"),
+                        help="negative point (pixels), part of the same prompt; repeat for more")
     parser.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
+    parser.add_argument("--adapter", default=None,
+                        help="also evaluate the robust model: 'shipped' (checkpoints/<model>-adapter), an adapter "
+                             "folder, or a Hub repo owner/name[@revision]")
+    parser.add_argument("--target", default="original", choices=["original", "robust"],
+                        help="craft the attack on the original model (default) or on the robust one (adaptive)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-random-start", action="store_true")
 
@@ -69,13 +79,15 @@ def user_prompts(args, hw: tuple[int, int], scale: float = 1.0):
     the user sees, then multiplied by ``scale`` (the image was downscaled); None when there is none."""
     from samdemo.prompts import Prompt
 
-    points = np.array(args.point or [], np.float32).reshape(-1, 2)
+    positive = np.array(args.point or [], np.float32).reshape(-1, 2)
+    negative = np.array(getattr(args, "negative_point", None) or [], np.float32).reshape(-1, 2)
+    points = np.concatenate([positive, negative])
+    labels = np.r_[np.ones(len(positive), np.int64), np.zeros(len(negative), np.int64)]
     if not len(points) and args.box is None:
         return None
     box = None if args.box is None else np.array(args.box, np.float32)
-    Prompt(points=points, labels=np.ones(len(points), np.int64), box=box).validate(hw)
-    return Prompt(points=points * scale, labels=np.ones(len(points), np.int64),
-                  box=None if box is None else box * scale)
+    Prompt(points=points, labels=labels, box=box).validate(hw)
+    return Prompt(points=points * scale, labels=labels, box=None if box is None else box * scale)
 
 
 def apply_replay(args) -> None:
@@ -83,7 +95,8 @@ def apply_replay(args) -> None:
     from samdemo.bundle import read_settings
 
     if args.replay is not None:
-        optional = {"step_size": None, "point": None, "box": None, "no_random_start": False}
+        optional = {"step_size": None, "point": None, "negative_point": None, "box": None, "no_random_start": False,
+                    "adapter": None, "target": "original"}
         for key, value in (optional | read_settings(args.replay)).items():
             setattr(args, key, value)
     if args.image is None:
@@ -93,13 +106,28 @@ def apply_replay(args) -> None:
 def replay_settings(args, prompt) -> dict:
     """The attack in the CLI's option names, the prompt in the frame of the image actually attacked."""
     settings = {key: getattr(args, key) for key in ("model", "attack", "eps", "steps", "seed", "generator",
-                                                    "step_size", "no_random_start")}
+                                                    "step_size", "no_random_start", "adapter", "target")}
     if prompt is not None:
-        settings["point"] = prompt.points.tolist() or None
+        settings["point"] = prompt.points[prompt.labels == 1].tolist() or None
+        settings["negative_point"] = prompt.points[prompt.labels == 0].tolist() or None
         settings["box"] = None if prompt.box is None else prompt.box.tolist()
     if args.weights is not None:
         raise ValueError("--bundle records a named model's settings; it cannot replay --weights.")
     return settings | {"image": str(args.image)}
+
+
+def robust_engine(engine, model: str, source: str):
+    """The robust copy of ``engine``: ``source`` is "shipped" (``checkpoints/<model>-adapter``), an adapter
+    folder, or a Hub repo ``owner/name[@revision]``."""
+    from samdemo.build import CHECKPOINT_DIR
+    from samdemo.factory import robust_copy
+
+    if source == "shipped":
+        return robust_copy(engine, CHECKPOINT_DIR / f"{model}-adapter")[0]
+    if Path(source).is_dir():
+        return robust_copy(engine, Path(source))[0]
+    repo_id, _, revision = source.partition("@")
+    return robust_copy(engine, repo_id, revision or None)[0]
 
 
 def run(args) -> int:
@@ -120,12 +148,17 @@ def run(args) -> int:
     h, w = image.shape[:2]
     prompt = user_prompts(args, shown_hw, w / shown_hw[1])
     engine = load_engine(args.model, args.weights, frozen=True)
+    engines = {"original": engine}
+    if args.adapter:
+        engines["robust"] = robust_engine(engine, args.model, args.adapter)
+    elif args.target == "robust":
+        raise ValueError("--target robust needs --adapter (the robust model to craft the attack on).")
     own = prompt if prompt is not None else point_prompt(w / 2, h / 2)
     # evaluated: the user's prompt, and the point / box / mask prompts of its clean object
     objects, _ = object_prompts(engine, image, prompts=[own])
     evaluated = {"your prompt" if prompt is not None else "centre point": own} | objects[0]
     try:
-        outcome = run_attack(request, {engine.name: engine}, image, list(evaluated.values()), craft_prompts=[own],
+        outcome = run_attack(request, engines, image, list(evaluated.values()), target=args.target, craft_prompts=[own],
                              progress=lambda t, total: print(f"\rstep {t}/{total}", end="", file=sys.stderr,
                                                              flush=True))
     except (RuntimeError, MemoryError) as error:  # out of memory: say what to change
@@ -139,19 +172,21 @@ def run(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(adv).save(args.out)
     linf = int(np.abs(adv.astype(int) - image.astype(int)).max())
-    print(f"{args.attack} on {engine.name}: eps {args.eps:g}/255, {outcome.timings['steps_run']} steps "
-          f"({args.generator}), {outcome.result.seconds:.1f} s, L-inf {linf}/255 -> {args.out}")
-    print("IoU(adversarial, clean) per prompt:")
-    ious = outcome.iou(engine.name, "adversarial")
-    for kind, iou in zip(evaluated, ious):
-        print(f"  {kind:>13}: {iou:.3f}")
+    print(f"{args.attack} on {engine.name} ({args.target} model): eps {args.eps:g}/255, "
+          f"{outcome.timings['steps_run']} steps ({args.generator}), {outcome.result.seconds:.1f} s, "
+          f"L-inf {linf}/255 -> {args.out}")
+    kinds = [kind.replace(" ", "-") for kind in evaluated]
+    table, masks = [["model", "prompt", "IoU(adversarial, clean)"]], {}
+    for name in engines:
+        print(f"IoU(adversarial, clean) per prompt, {name} model:")
+        for k, (kind, iou) in enumerate(zip(kinds, outcome.iou(name, "adversarial"))):
+            print(f"  {kind:>13}: {iou:.3f}")
+            table.append([name, kind, round(float(iou), 4)])
+            for which in ("clean", "adversarial"):
+                masks[f"{kind}-{which}" if name == "original" else f"{name}-{kind}-{which}"] = outcome.masks[name, which][k]
     if args.bundle is not None:
         from samdemo.bundle import write_bundle
 
-        kinds = [kind.replace(" ", "-") for kind in evaluated]
-        masks = {f"{kind}-{which}": outcome.masks[engine.name, which][k]
-                 for k, kind in enumerate(kinds) for which in ("clean", "adversarial")}
-        table = [["prompt", "IoU(adversarial, clean)"]] + [[kind, round(float(iou), 4)] for kind, iou in zip(kinds, ious)]
         write_bundle(args.bundle, image, adv, masks, table, replay_settings(args, prompt))
         print(f"bundle -> {args.bundle} (replay: python -m samdemo attack --replay {args.bundle} --out replayed.png)")
     return 0
