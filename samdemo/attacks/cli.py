@@ -175,12 +175,12 @@ def run(args) -> int:
     print(f"{args.attack} on {engine.name} ({args.target} model): eps {args.eps:g}/255, "
           f"{outcome.timings['steps_run']} steps ({args.generator}), {outcome.result.seconds:.1f} s, "
           f"L-inf {linf}/255 -> {args.out}")
-    kinds = [kind.replace(" ", "-") for kind in evaluated]
     table, masks = [["model", "prompt", "IoU(adversarial, clean)"]], {}
     for name in engines:
         print(f"IoU(adversarial, clean) per prompt, {name} model:")
-        for k, (kind, iou) in enumerate(zip(kinds, outcome.iou(name, "adversarial"))):
-            print(f"  {kind:>13}: {iou:.3f}")
+        for k, (label, iou) in enumerate(zip(evaluated, outcome.iou(name, "adversarial"))):
+            print(f"  {label:>13}: {iou:.3f}")
+            kind = label.replace(" ", "-")
             table.append([name, kind, round(float(iou), 4)])
             for which in ("clean", "adversarial"):
                 masks[f"{kind}-{which}" if name == "original" else f"{name}-{kind}-{which}"] = outcome.masks[name, which][k]
