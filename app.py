@@ -17,8 +17,9 @@ from samdemo.app.actions import TARGET_ORIGINAL  # noqa: E402
 from samdemo.app.handlers import Lab  # noqa: E402
 from samdemo.app.models import ADAPTER_HUB, APP_MODELS, AdapterChoice, model_choices  # noqa: E402
 from samdemo.app.session import MODE_POSITIVE, PROMPT_MODES, Session  # noqa: E402
-from samdemo.app.text import (ADAPTER_CHOICES, ATTACK_CHOICES, ATTACK_HELP_MD, GENERATOR_CHOICES, INTRO_MD,
-                              PROMPT_HELP_MD, TABLE_HEADERS, TARGET_CHOICES)
+from samdemo.app.text import (ADAPTER_CHOICES, ATTACK_CHOICES, ATTACK_HELP_MD, CURVE_HELP_MD,  # noqa: E402
+                              EVERYTHING_HELP_MD, GENERATOR_CHOICES, INTRO_MD, PROMPT_HELP_MD, TABLE_HEADERS,
+                              TARGET_CHOICES)
 from samdemo.app.widgets import NumberInput, SliderInput, paint_editor, upload_image  # noqa: E402
 from samdemo.pipeline import DEFAULT_ATTACK  # noqa: E402
 from samdemo import limits  # noqa: E402
@@ -68,7 +69,7 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
                     clear_btn = gr.Button("✕ Clear all", scale=1, elem_id="clear")
                 status = gr.Markdown("Upload or paste an image, or pick an example below.", elem_id="status")
                 gr.Markdown(PROMPT_HELP_MD)
-                gallery = gr.Gallery([(str(e.path), e.caption) for e in lab.examples], label="Examples (click one)",
+                gallery = gr.Gallery([(str(e.path), e.label) for e in lab.examples], label="Examples (click one)",
                                      columns=6, height=210, allow_preview=False, object_fit="cover",
                                      elem_id="examples", interactive=False)
             # ------------------------------------------------------------ models and attack
@@ -114,15 +115,41 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
         table = gr.Dataframe(headers=TABLE_HEADERS, label="IoU per model and input", interactive=False,
                              elem_id="results-table")
         with gr.Row():
+            before_after = gr.ImageSlider(label="Before / after: drag to compare the clean and the adversarial input",
+                                          type="numpy", format="png", interactive=False, height=330,
+                                          elem_id="before-after")
             with gr.Column():
-                perturbation = gr.Image(label="Perturbation (amplified)", elem_id="perturbation", **panel_args)
-                perturbation_caption = gr.Markdown()
+                with gr.Row():
+                    perturbation = gr.Image(label="Perturbation (amplified)", elem_id="perturbation", **panel_args)
+                    true_scale = gr.Image(label="Perturbation at true scale", elem_id="perturbation-true",
+                                          **panel_args)
+                perturbation_caption = gr.Markdown(elem_id="perturbation-caption")
+        with gr.Row():
             with gr.Column():
                 adv_file = gr.File(label="Adversarial image (lossless PNG)", elem_id="adv-file")
+                bundle_file = gr.File(label="Everything as a zip: PNGs, masks, table (CSV), settings (JSON) for "
+                                            "`python -m samdemo attack --replay`", elem_id="bundle-file")
+            with gr.Column():
                 transfer_btn = gr.Button("Compute the transfer matrix across prompt types (6 attacks)",
                                          elem_id="transfer")
                 transfer_plot = gr.Plot(label="Transfer matrix", elem_id="transfer-plot")
                 transfer_md = gr.Markdown(elem_id="transfer-md")
+        with gr.Accordion("Robustness curve: mIoU against ε, original and robust model", open=False):
+            gr.Markdown(CURVE_HELP_MD)
+            curve_btn = gr.Button("Compute the robustness curve", elem_id="curve")
+            curve_plot = gr.Plot(label="Robustness curve", elem_id="curve-plot")
+            curve_md = gr.Markdown(elem_id="curve-md")
+        with gr.Accordion("Segment everything under attack", open=False):
+            gr.Markdown(EVERYTHING_HELP_MD)
+            everything_btn = gr.Button("Segment everything, clean and attacked", elem_id="everything")
+            with gr.Row():
+                every_orig_clean = gr.Image(label="Original model · clean", elem_id="every-orig-clean", **panel_args)
+                every_orig_adv = gr.Image(label="Original model · adversarial", elem_id="every-orig-adv",
+                                          **panel_args)
+            with gr.Row():
+                every_rob_clean = gr.Image(label="Robust model · clean", elem_id="every-rob-clean", **panel_args)
+                every_rob_adv = gr.Image(label="Robust model · adversarial", elem_id="every-rob-adv", **panel_args)
+            everything_md = gr.Markdown(elem_id="everything-md")
 
         # hidden inputs of API-only endpoints (clicks and examples by number)
         api_x = NumberInput(visible=False, label="x")
@@ -161,12 +188,19 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
         attack_inputs = [session, *model_inputs, attack, generator, eps, steps, seed, target]
         attack_event = run_btn.click(
             lab.attack_request, attack_inputs,
-            [orig_clean, orig_adv, rob_clean, rob_adv, table, perturbation, perturbation_caption, adv_file, timings],
+            [orig_clean, orig_adv, rob_clean, rob_adv, table, perturbation, perturbation_caption, adv_file,
+             before_after, true_scale, bundle_file, timings],
             api_name="attack", scroll_to_output=True, **HEAVY)
         transfer_event = transfer_btn.click(lab.transfer_request, attack_inputs, [transfer_plot, transfer_md],
                                             api_name="transfer", **HEAVY)
+        curve_event = curve_btn.click(lab.curve_request, attack_inputs, [curve_plot, curve_md], api_name="curve",
+                                      **HEAVY)
+        everything_event = everything_btn.click(
+            lab.everything_request, attack_inputs,
+            [every_orig_clean, every_orig_adv, every_rob_clean, every_rob_adv, everything_md],
+            api_name="segment_everything", **HEAVY)
         cancel_btn.click(lab.on_cancel, None, timings, api_name="cancel", queue=False,
-                         cancels=[attack_event, transfer_event])
+                         cancels=[attack_event, transfer_event, curve_event, everything_event])
     demo.queue(default_concurrency_limit=2, max_size=limits.QUEUE_SIZE)  # beyond it, new requests are refused
     return demo
 

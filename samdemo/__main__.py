@@ -14,6 +14,7 @@ COMMANDS = {
     "train-adapter": "samdemo.train_adapter",
     "evaluate": "samdemo.evaluate",
     "control": "samdemo.controls",
+    "curve": "samdemo.robustness_curve",
 }
 
 

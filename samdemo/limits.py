@@ -8,6 +8,7 @@
 | attack steps (app) | 100 | ``SAMDEMO_MAX_STEPS`` |
 | ε | 32/255 | (the threat model's bound, ``samdemo.attacks.EPS_MAX``) |
 | time per attack / transfer matrix | 120 s / 300 s | ``SAMDEMO_ATTACK_TIME_LIMIT`` / ``SAMDEMO_TRANSFER_TIME_LIMIT`` |
+| time per robustness curve (all its attacks) | 600 s | ``SAMDEMO_CURVE_TIME_LIMIT`` |
 | waiting for the Hugging Face Hub to answer | 10 s | ``SAMDEMO_HUB_TIMEOUT`` |
 | an adapter's weights from the Hub (checked before downloading) | 20 MB | ``SAMDEMO_MAX_ADAPTER_MB`` |
 | requests waiting in the app's queue | 64 | ``SAMDEMO_QUEUE_SIZE`` |
@@ -54,6 +55,7 @@ MAX_EPS255 = EPS_MAX_255  # the L-inf threat model, not a resource limit
 MAX_SEED = 2**32 - 1  # exact in the browser's numbers (torch itself takes 64-bit seeds)
 ATTACK_TIME_LIMIT_S: float = _env("SAMDEMO_ATTACK_TIME_LIMIT", 120.0)
 TRANSFER_TIME_LIMIT_S: float = _env("SAMDEMO_TRANSFER_TIME_LIMIT", 300.0)
+CURVE_TIME_LIMIT_S: float = _env("SAMDEMO_CURVE_TIME_LIMIT", 600.0)
 HUB_TIMEOUT_S: float = _env("SAMDEMO_HUB_TIMEOUT", 10.0)
 MAX_ADAPTER_MB: float = _env("SAMDEMO_MAX_ADAPTER_MB", 20.0)  # adapters hold thousands of numbers: kilobytes
 QUEUE_SIZE: int = _env("SAMDEMO_QUEUE_SIZE", 64, int)

@@ -128,7 +128,7 @@ class AttackOutcome:
         """P IoUs of ``masks[model, input]`` with ``reference`` (P x H x W or H x W; default the same
         model's clean masks)."""
         masks = self.masks[model, input]
-        reference = self.masks[model, "clean"] if reference is None else np.broadcast_to(reference, masks.shape)
+        reference = self.masks[model, "clean"] if reference is None else np.broadcast_to(reference, masks.shape).copy()
         return batch_iou(torch.as_tensor(masks), torch.as_tensor(np.ascontiguousarray(reference))).numpy()
 
 

@@ -103,3 +103,32 @@ def _ratio_strip(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     ax.set_ylabel("(adapted - original) / layer's largest, %")
     ax.grid(alpha=0.3, axis="y", lw=0.4)
     return figure
+
+
+CURVE_STYLES = {  # (attacked, evaluated) -> colour, line style
+    ("original", "original"): ("0.35", "-"),
+    ("original", "robust"): ("tab:red", "--"),
+    ("robust", "robust"): ("tab:red", "-"),
+    ("robust", "original"): ("0.35", "--"),
+}
+
+
+def robustness_curve_plot(curve, title: str | None = None) -> Figure:
+    """mIoU against epsilon (1/255 units, symlog x axis so that 0 shows) for every series of a
+    :class:`samdemo.robustness_curve.RobustnessCurve`: solid lines are attacks crafted on the model
+    they are evaluated on (white-box, adaptive), dashed ones transfers."""
+    figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = figure.add_subplot()
+    for (attacked, evaluated), values in curve.miou.items():
+        colour, style = CURVE_STYLES[(attacked, evaluated)]
+        ax.plot(curve.eps255, values, style, color=colour, marker="o", ms=4, lw=1.6,
+                label=curve.label(attacked, evaluated))
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xticks(curve.eps255, [f"{e:g}" for e in curve.eps255])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("ε (/255, L∞)")
+    ax.set_ylabel(f"mIoU vs {curve.reference}")
+    ax.grid(alpha=0.3, lw=0.4)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title or f"{curve.attack} attack, {curve.steps} steps", fontsize=10)
+    return figure

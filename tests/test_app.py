@@ -345,7 +345,7 @@ def test_attack_fills_the_grid_table_and_png(lab, model):
     progress_calls = []
     outputs = lab.on_attack(session, model, "shipped", "", "", "mask", "pgd", 8, 3, 0, "original",
                             SimpleNamespace(session_hash="s1"), lambda *a, **k: progress_calls.append(a))
-    *panels, table, perturbation, caption, png, timings = outputs
+    *panels, table, perturbation, caption, png, slider, true_scale, bundle, timings = outputs
     assert len(panels) == 4
     for panel in panels:
         assert panel.value is not None and "IoU" in panel.label
@@ -389,7 +389,7 @@ def test_attack_without_adapter_leaves_robust_panels_empty(lab):
     session = scene_session(lab, 1)
     session, _, _ = lab.on_click(session, MODE_BOX, "sam-small", 60, 60)
     session, _, _ = lab.on_click(session, MODE_BOX, "sam-small", 200, 180)
-    *panels, table, _, _, _, _ = lab.on_attack(session, "sam-small", "none", "", "", "random", "pgd", 8, 2, 0,
+    *panels, table, _, _, _, _, _, _, _ = lab.on_attack(session, "sam-small", "none", "", "", "random", "pgd", 8, 2, 0,
                                                "original", None, lambda *a, **k: None)
     assert panels[2].value is None and "no adapter" in panels[2].label
     assert table[2][2:] == ["—", "—", "—", "—", "—"]

@@ -37,6 +37,8 @@ SCENE = REPO / "assets" / "scene-0.png"
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     lab = tiny_lab(write_tiny_adapters(tmp_path_factory.mktemp("checkpoints")))
+    lab.curve_eps255 = (0, 4)  # the lab features at test size: 2 attacks per curve, 16 point prompts
+    lab.everything_settings = {"points_per_side": 4}
     demo = app.build_demo(lab)
     _, local_url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                                   quiet=True, **app.LAUNCH_LIMITS)
@@ -82,7 +84,7 @@ def test_attack_returns_the_four_panels_and_ious(client):
     client.predict("sam-small", 0, api_name="/load_example")
     client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
     outputs = client.predict("sam-small", "shipped", "", "", "mask", "pgd", 8, 3, 0, "original", api_name="/attack")
-    *panels, table, perturbation, caption, adv_png, timings = outputs
+    *panels, table, perturbation, caption, adv_png, slider, true_scale, bundle, timings = outputs
     assert len(panels) == 4
     panel_ious = []
     for panel, title in zip(panels, ["Original model · clean", "Original model · adversarial",
@@ -147,6 +149,32 @@ def test_transfer_matrix_endpoint(client):
     plot, md = client.predict("sam-small", "none", "", "", "mask", "fgsm", 8, 1, 0, "original",
                               api_name="/transfer")
     assert plot["type"] == "matplotlib" and plot["plot"] and "prompt type" in md
+
+
+def test_lab_endpoints_curve_segment_everything_and_bundle(client):
+    import json
+    import zipfile
+
+    client.predict("sam-small", 0, api_name="/load_example")
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    plot, md = client.predict("sam-small", "shipped", "", "", "mask", "fgsm", 8, 1, 0, "original", api_name="/curve")
+    assert plot["type"] == "matplotlib" and plot["plot"] and "| 4 |" in md
+    *pictures, md = client.predict("sam-small", "shipped", "", "", "cross-prompt", "fgsm", 8, 1, 0, "original",
+                                   api_name="/segment_everything")
+    assert len(pictures) == 4 and all(read_rgb(p["value"] if isinstance(p, dict) else p).shape == (512, 512, 3)
+                                      for p in pictures)
+    assert "survive" in md and "**Robust model**" in md
+    outputs = client.predict("sam-small", "shipped", "", "", "cross-prompt", "fgsm", 4, 1, 0, "original",
+                             api_name="/attack")
+    before_after, true_scale, bundle = outputs[-4:-1]
+    clean, adversarial = (read_rgb(p["path"] if isinstance(p, dict) else p) for p in before_after)
+    assert clean.shape == adversarial.shape == (512, 512, 3) and read_rgb(true_scale).shape == (512, 512, 3)
+    with zipfile.ZipFile(bundle) as archive:
+        assert json.loads(archive.read("settings.json"))["attack"] == "cross-prompt"
+        assert "adversarial.png" in archive.namelist()
+    with pytest.raises(AppError, match="crafted for your prompt"):
+        client.predict("sam-small", 1, api_name="/load_example")
+        client.predict("sam-small", "none", "", "", "mask", "pgd", 8, 1, 0, "original", api_name="/segment_everything")
 
 
 def test_switching_to_sam2(client):

@@ -32,3 +32,24 @@ def test_mean_iou():
     assert mean_iou([0.5, 1.0, 0.0]) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         mean_iou([])
+
+
+def test_perturbation_norms():
+    import math
+
+    from samdemo.metrics import perturbation_norms
+
+    clean = np.full((4, 5, 3), 100, np.uint8)
+    adversarial = clean.copy()
+    adversarial[0, 0, 0] = 108  # one value +8
+    adversarial[1, 2, 1] = 94  # one value -6
+    norms = perturbation_norms(clean, adversarial)
+    assert norms.linf255 == 8
+    assert norms.l2_255 == pytest.approx(10.0)  # sqrt(64 + 36)
+    assert norms.rms255 == pytest.approx(10.0 / math.sqrt(60))
+    assert norms.psnr_db == pytest.approx(20 * math.log10(255 / (10.0 / math.sqrt(60))))
+    assert perturbation_norms(clean, clean).psnr_db == math.inf
+    with pytest.raises(ValueError, match="shapes"):
+        perturbation_norms(clean, clean[:2])
+    with pytest.raises(ValueError, match="uint8"):
+        perturbation_norms(clean.astype(np.float32), clean.astype(np.float32))

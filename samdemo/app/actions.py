@@ -1,5 +1,7 @@
 """What the app computes, on top of :mod:`samdemo.pipeline`: the clean mask of the user's prompt, an
-attack compared on the original and the robust model, and the transfer matrix of the user's object.
+attack compared on the original and the robust model, the transfer matrix of the user's object, the
+robustness curve (:mod:`samdemo.robustness_curve`), "segment everything" under attack
+(:mod:`samdemo.segment_everything`) and the settings of a download bundle (:mod:`samdemo.bundle`).
 
 Each action takes one typed request (:class:`AttackJob`, built by keyword from the widgets' values and
 checked with the app's own messages) and returns a typed outcome of masks, IoUs and timings; the
@@ -22,6 +24,8 @@ from samdemo.engine import SegmentEngine
 from samdemo.errors import PromptError, UserError
 from samdemo.metrics import ATTACK_SUCCESS_IOU, mask_iou
 from samdemo.pipeline import AttackRequest, run_attack as run_pipeline
+from samdemo.robustness_curve import CURVE_EPS255, RobustnessCurve, robustness_curve
+from samdemo.segment_everything import EverythingUnderAttack, everything_under_attack
 
 TARGET_ORIGINAL, TARGET_ROBUST = "original", "robust"
 PANEL_KEYS = ("original/clean", "original/adversarial", "robust/clean", "robust/adversarial")
@@ -191,3 +195,74 @@ def run_transfer(manager: ModelManager, job: AttackJob, image: np.ndarray, promp
     matrix_gt = None if result.iou_vs_gt is None else np.asarray(result.iou_vs_gt, dtype=np.float64)
     return TransferOutcome(np.asarray(result.iou_vs_clean, dtype=np.float64), matrix_gt, list(result.rows),
                            list(result.cols), time.perf_counter() - t0)
+
+
+@dataclass
+class CurveOutcome:
+    """The robustness curve of the user's object (:class:`samdemo.robustness_curve.RobustnessCurve`)."""
+
+    job: AttackJob
+    curve: RobustnessCurve
+    reference: str  # what the mIoU is measured against, in words
+    seconds: float
+
+
+def run_curve(manager: ModelManager, job: AttackJob, image: np.ndarray, prompts: PromptState,
+              eps255=CURVE_EPS255, progress: Callable[[int, int], None] | None = None,
+              cancel: threading.Event | None = None, time_limit: float | None = None) -> CurveOutcome:
+    """mIoU of the original and the robust model over ``eps255`` (1/255 units), the job's attack crafted
+    on each model at every epsilon (transfer and adaptive); against the painted ground truth when there
+    is one. ``progress(done, total)`` counts attack steps over the whole curve; it stops with
+    :class:`samdemo.errors.TimeLimitExceeded` after ``time_limit`` s (default ``limits.CURVE_TIME_LIMIT_S``)."""
+    prompt = prompts.to_prompt()
+    prompt.validate(image.shape[:2])
+    t0 = time.perf_counter()
+    engines = _engines(manager, job)
+    seconds = limits.CURVE_TIME_LIMIT_S if time_limit is None else time_limit
+    curve = robustness_curve(engines["original"], image, [prompt], job.request, robust=engines.get("robust"),
+                             ground_truth=prompts.ground_truth, eps255=eps255,
+                             progress=limits.with_time_limit(progress, seconds, "robustness curve"), cancel=cancel)
+    reference = "your ground truth" if prompts.ground_truth is not None else "the original model's clean mask"
+    return CurveOutcome(job, curve, reference, time.perf_counter() - t0)
+
+
+def run_everything(manager: ModelManager, job: AttackJob, image: np.ndarray, prompts: PromptState,
+                   progress: Callable[[int, int], None] | None = None,
+                   stage: Callable[[str, int, int], None] | None = None, cancel: threading.Event | None = None,
+                   time_limit: float | None = None, **settings) -> EverythingUnderAttack:
+    """Craft the job's attack on its target model, then "segment everything" with both models on the clean
+    and the adversarial image (``settings``: the mask generator's, over ``default_settings``). A prompt-free
+    attack (cross-prompt) needs no prompt; a prompt-specific one uses the user's. The attack stops after
+    ``time_limit`` s (default ``limits.ATTACK_TIME_LIMIT_S``)."""
+    user = [prompts.to_prompt().validate(image.shape[:2])] if prompts.has_prompt else None
+    if job.request.uses_prompts and user is None:
+        raise PromptError(f"The {job.request.attack} attack is crafted for your prompt: click the object first, or "
+                          "choose the cross-prompt attack (it needs no prompt).")
+    engines = _engines(manager, job)
+    seconds = limits.ATTACK_TIME_LIMIT_S if time_limit is None else time_limit
+    return everything_under_attack(job.request, engines, image, job.target, user,
+                                   limits.with_time_limit(progress, seconds), stage, cancel, **settings)
+
+
+def bundle_settings(job: AttackJob, prompts: PromptState) -> tuple[dict, list[str]]:
+    """The job in ``python -m samdemo attack``'s option names (``samdemo.bundle.SETTINGS_KEYS``; the image
+    is added by the bundle), and what the CLI cannot replay of it, in words (empty: all of it)."""
+    request = job.request
+    settings = {"model": job.model, "attack": request.attack, "eps": request.eps255, "steps": request.steps,
+                "seed": request.seed, "generator": request.generator, "target": job.target}
+    if request.step_size255 is not None:
+        settings["step_size"] = request.step_size255
+    adapter = job.adapter
+    settings["adapter"] = {"shipped": "shipped", "hub": f"{adapter.repo_id}@{adapter.revision}".rstrip("@"),
+                           "none": None}[adapter.kind]
+    positive = [[x, y] for x, y, label in prompts.points if label == 1]
+    negative = [[x, y] for x, y, label in prompts.points if label == 0]
+    settings |= {"point": positive or None, "negative_point": negative or None,
+                 "box": None if prompts.box is None else list(prompts.box)}
+    caveats = []
+    if prompts.mask is not None:
+        caveats.append("the painted mask prompt is not a CLI option: the replay segments without it"
+                       + (", and the mask attack is crafted without it" if request.uses_prompts else ""))
+    if prompts.ground_truth is not None:
+        caveats.append("the painted ground truth is in masks/ground-truth.png; the CLI scores against clean masks")
+    return settings, caveats

@@ -17,18 +17,24 @@ import gradio as gr
 import numpy as np
 
 from samdemo import limits
-from samdemo.app.actions import PANEL_KEYS, TARGET_ROBUST, AttackJob, clean_prediction, run_attack, run_transfer
-from samdemo.app.examples import Example, load_examples, read_example
+from samdemo.app.actions import (PANEL_KEYS, TARGET_ROBUST, AttackJob, bundle_settings, clean_prediction, run_attack,
+                                 run_curve, run_everything, run_transfer)
+from samdemo.app.examples import Example, example_note, load_examples, read_example
 from samdemo.app.models import ADAPTER_HUB, AdapterChoice, ModelManager
-from samdemo.app.render import (adapter_figure, panel_image, panel_title, perturbation_image, render_overlay,
+from samdemo.app.render import (adapter_figure, before_after, curve_figure, curve_markdown, masks_panel, panel_image,
+                                panel_title, perturbation_image, perturbation_true_scale, render_overlay, save_bundle,
                                 save_png, transfer_figure)
+from samdemo.app.text import TABLE_HEADERS
 from samdemo.app.session import (MODE_MASK, Session, add_click, clear_prompts, display_scale, normalize_image,
                                  painted_mask, set_image, set_painted, to_image_frame, undo, upscale, click_coordinate)
 from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows
-from samdemo.build import get_spec
+from samdemo.build import MODEL_REGISTRY, get_spec
+from samdemo.robustness_curve import CURVE_EPS255
 from samdemo.errors import AttackCancelled, ModelUnavailableError, PromptError, UserError
 
 log = logging.getLogger("samdemo.app")
+ATTACK_EXTRA_OUTPUTS = 7  # after the panels: table, perturbation, caption, PNG, before / after, true scale, bundle
+EVERYTHING_SEGMENT_S = 120  # ZeroGPU time granted for segment everything's four segmentations, after the attack
 TRANSFER_ROWS = len(attack_rows(DEFAULT_ATTACKS))  # the rows of the app's transfer matrix
 
 
@@ -110,11 +116,15 @@ class Lab:
     def __init__(self, manager: ModelManager | None = None, examples: Sequence[Example] | None = None):
         self.manager = manager or ModelManager()
         self.examples = list(load_examples() if examples is None else examples)
+        self.curve_eps255 = CURVE_EPS255  # the robustness curve's epsilons (1/255 units)
+        self.everything_settings: dict = {}  # the mask generator's settings, over segment_everything's defaults
         self._cancels: dict[str, threading.Event] = {}
         self._cancels_lock = threading.Lock()
         # ZeroGPU (Hugging Face Spaces): heavy handlers hold a GPU while they run; a no-op elsewhere.
         self.on_attack = gpu(int(limits.ATTACK_TIME_LIMIT_S))(self.on_attack)
         self.on_transfer = gpu(int(limits.TRANSFER_TIME_LIMIT_S))(self.on_transfer)
+        self.on_curve = gpu(int(limits.CURVE_TIME_LIMIT_S))(self.on_curve)
+        self.on_everything = gpu(int(limits.ATTACK_TIME_LIMIT_S) + EVERYTHING_SEGMENT_S)(self.on_everything)
 
     # ----------------------------------------------------------------- helpers
     def _error(self, error: Exception) -> gr.Error:
@@ -175,7 +185,10 @@ class Lab:
                 index = index[0]
             image, name = read_example(self.examples, index)
             set_image(session, image, name)
-            canvas, status = self.canvas(session, model, f"Loaded example **{name}**: {self.examples[int(index)].caption}")
+            example = self.examples[int(float(index))]
+            note = example_note(example, get_spec(model).embedded) if model in MODEL_REGISTRY else ""
+            canvas, status = self.canvas(session, model, f"Loaded example **{name}**: {example.caption}"
+                                         + (f" {note}" if note else ""))
             return session, canvas, self._editor_value(session), status
         except Exception as error:
             raise self._error(error) from None
@@ -322,7 +335,7 @@ class Lab:
         if event is None:
             return "No attack is running."
         event.set()
-        return "Cancelling: the attack stops after its current step."
+        return "Cancelling: the work stops after its current step."
 
     def _run_heavy(self, request, session, widgets: dict, work):
         """What on_attack and on_transfer share: check the inputs, build the :class:`AttackJob` from the widgets'
@@ -345,19 +358,21 @@ class Lab:
 
     def on_attack(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
                   request: gr.Request = None, progress=gr.Progress()):
-        """Run an attack; returns the 4 panels, the table, the perturbation and its caption, the PNG, timings."""
+        """Run an attack; returns the 4 panels, the table, the perturbation (amplified) and its caption, the
+        PNG, the before / after pair, the perturbation at true scale, the bundle zip, and the timings."""
         def work(job, image, prompts, cancel):
             progress(0.0, desc="Preparing the attack")
             outcome = run_attack(self.manager, job, image, prompts, _progress_fn(progress, f"{attack} · {generator}"),
                                  cancel)
-            return outcome, image, prompts
+            settings, caveats = bundle_settings(job, prompts)
+            return outcome, image, prompts, save_bundle(outcome, image, prompts, settings, caveats, TABLE_HEADERS)
 
         done = self._run_heavy(request, session, _widgets(model, kind, repo_id, revision, attack, generator, eps255,
                                                           steps, seed, target), work)
         if done is None:
             gr.Warning("Attack cancelled.")
             return self._empty_results("Attack cancelled before it finished.")
-        outcome, image, prompts = done
+        outcome, image, prompts, bundle = done
         panels = [gr.Image(value=panel_image(outcome.panels[k], image, outcome.adversarial, prompts),
                            label=panel_title(outcome.panels[k])) for k in PANEL_KEYS]
         table = [[_fmt(v) for v in row] for row in outcome.table]
@@ -369,11 +384,13 @@ class Lab:
         timings = (f"**Timings** ({device}): attack {t['attack']:.2f} s ({steps_run} step{'s' * (steps_run != 1)}{per_step}), "
                    f"4 predictions {t['predict']:.2f} s, total {t['total']:.2f} s. Crafted on the "
                    f"**{outcome.target_name}** model; IoUs in the panels are against {outcome.reference}.")
-        return (*panels, table, perturbation, caption, save_png(outcome.adversarial), timings)
+        return (*panels, table, perturbation, caption, save_png(outcome.adversarial),
+                before_after(image, outcome.adversarial), perturbation_true_scale(image, outcome.adversarial), bundle,
+                timings)
 
     def _empty_results(self, message: str):
         """Leave the previous results in place (gr.skip) and say why."""
-        return (*[gr.skip() for _ in PANEL_KEYS], gr.skip(), gr.skip(), gr.skip(), gr.skip(), message)
+        return (*[gr.skip() for _ in range(len(PANEL_KEYS) + ATTACK_EXTRA_OUTPUTS)], message)
 
     async def _until_stopped(self, handler, inputs: tuple, request, progress):
         """Run a heavy handler in a worker thread. When Gradio ends the request early (its own cancel,
@@ -398,6 +415,75 @@ class Lab:
         """:meth:`on_transfer` as the app serves it (stops its work when the request is cancelled)."""
         return await self._until_stopped(self.on_transfer, (session, model, kind, repo_id, revision, attack,
                                                             generator, eps255, steps, seed, target), request, progress)
+
+    async def curve_request(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed,
+                            target, request: gr.Request = None, progress=gr.Progress()):
+        """:meth:`on_curve` as the app serves it (stops its work when the request is cancelled)."""
+        return await self._until_stopped(self.on_curve, (session, model, kind, repo_id, revision, attack, generator,
+                                                         eps255, steps, seed, target), request, progress)
+
+    async def everything_request(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps,
+                                 seed, target, request: gr.Request = None, progress=gr.Progress()):
+        """:meth:`on_everything` as the app serves it (stops its work when the request is cancelled)."""
+        return await self._until_stopped(self.on_everything, (session, model, kind, repo_id, revision, attack,
+                                                              generator, eps255, steps, seed, target), request, progress)
+
+    def on_curve(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
+                 request: gr.Request = None, progress=gr.Progress()):
+        """The robustness curve of the user's object (the attack widgets' attack, generator, steps and seed at
+        every ε of ``self.curve_eps255``; the ε slider and the target are not used): returns (figure, markdown)."""
+        def work(job, image, prompts, cancel):
+            progress(0.0, desc="Preparing the robustness curve")
+            return run_curve(self.manager, job, image, prompts, self.curve_eps255,
+                             _progress_fn(progress, "Robustness curve"), cancel)
+
+        outcome = self._run_heavy(request, session, _widgets(model, kind, repo_id, revision, attack, generator,
+                                                             eps255, steps, seed, target), work)
+        if outcome is None:
+            gr.Warning("Robustness curve cancelled.")
+            return gr.skip(), "Robustness curve cancelled before it finished."
+        return (curve_figure(outcome.curve, outcome.reference),
+                curve_markdown(outcome.curve, outcome.reference, outcome.seconds))
+
+    def on_everything(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
+                      request: gr.Request = None, progress=gr.Progress()):
+        """"Segment everything" on the clean and the adversarial image with both models (the attack crafted
+        on the target model): returns 4 pictures (original clean / adversarial, robust clean / adversarial;
+        None without an adapter) and a markdown summary of the counts of masks and survivors."""
+        def stage(what: str, k: int, total: int) -> None:
+            progress(k / total, desc=f"Segment everything: {what} ({k + 1}/{total})")
+
+        def work(job, image, prompts, cancel):
+            progress(0.0, desc="Preparing the attack")
+            return image, run_everything(self.manager, job, image, prompts,
+                                         _progress_fn(progress, f"{attack} · {generator}"), stage, cancel,
+                                         **self.everything_settings)
+
+        done = self._run_heavy(request, session, _widgets(model, kind, repo_id, revision, attack, generator, eps255,
+                                                          steps, seed, target), work)
+        if done is None:
+            gr.Warning("Segment everything cancelled.")
+            return (*[gr.skip()] * 4, "Segment everything cancelled before it finished.")
+        image, outcome = done
+        pictures, lines = [], []
+        for name in ("original", "robust"):
+            comparison = outcome.comparisons.get(name)
+            if comparison is None:
+                pictures += [None, None]
+                continue
+            pictures += [masks_panel(image, comparison.clean, f"{len(comparison.clean)} masks"),
+                         masks_panel(outcome.adversarial, comparison.adversarial,
+                                     f"{len(comparison.adversarial)} masks, {int(comparison.survived.sum())} survive")]
+            lines.append(f"- **{name.capitalize()} model**: {comparison.summary} "
+                         f"({_share(comparison)} of the clean masks matched at IoU ≥ 0.5).")
+        request_ = outcome.request
+        md = (f"**Segment everything** (SAM's automatic mask generator, a grid of point prompts) on the clean and "
+              f"the adversarial image; the {request_.attack} attack ({request_.generator.upper()}, "
+              f"ε = {request_.eps255:g}/255, {request_.steps} steps) was crafted on the **{outcome.target}** model"
+              + (" without any prompt" if not request_.uses_prompts else " with your prompt") + ".\n"
+              + "\n".join(lines) + f"\n\nAttack {outcome.timings['attack']:.1f} s, segmentation "
+              f"{outcome.timings['segment']:.1f} s.")
+        return (*pictures, md)
 
     def on_transfer(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
                     request: gr.Request = None, progress=gr.Progress()):
@@ -424,6 +510,11 @@ class Lab:
         title = (f"Crafted and evaluated on the {who} model\n{attack_request.generator.upper()}, "
                  f"ε = {attack_request.eps255:g}/255, {attack_request.steps} steps")
         return transfer_figure(outcome.matrix, outcome.rows, outcome.cols, title), md
+
+
+def _share(comparison) -> str:
+    total = len(comparison.clean)
+    return "—" if not total else f"{100 * int(comparison.survived.sum()) / total:.0f} %"
 
 
 def _fmt(value) -> str:

@@ -1,5 +1,7 @@
-"""Pictures for the app: the image with its mask and prompts, the perturbation at a visible scale,
-the transfer heatmap and the adapter's singular values. numpy / OpenCV / matplotlib, no gradio."""
+"""Pictures for the app: the image with its mask and prompts, the perturbation amplified and at true
+scale, the transfer heatmap, the robustness curve, "segment everything" masks in colour, the adapter's
+singular values, and the files offered for download (PNG, bundle zip). numpy / OpenCV / matplotlib,
+no gradio."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import cv2
 import numpy as np
 
 from samdemo.app.session import PromptState, display_scale, upscale
+from samdemo.metrics import perturbation_norms
 
 
 MASK_RGB = (30, 144, 255)
@@ -116,11 +119,27 @@ def perturbation_image(clean: np.ndarray, adversarial: np.ndarray, eps255: float
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         x = int(np.clip(frac * width - tw / 2, 2, width - tw - 2))
         cv2.putText(bar, text, (x, grad_h + th + 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
-    linf = int(np.abs(delta).max()) if delta.size else 0
+    norms = perturbation_norms(clean, adversarial)
     mean_abs = float(np.abs(delta).mean()) if delta.size else 0.0
-    caption = (f"Perturbation amplified ×{gain:.0f}: mid-grey is no change, black / white is −ε / +ε "
-               f"(ε = {eps255:g}/255). Measured: L∞ = {linf}/255, mean |δ| = {mean_abs:.2f}/255.")
+    psnr = "∞" if not np.isfinite(norms.psnr_db) else f"{norms.psnr_db:.1f} dB"
+    caption = (f"Left: the perturbation amplified ×{gain:.0f} (mid-grey is no change, black / white is −ε / +ε, "
+               f"ε = {eps255:g}/255); right: the same at true scale, as the model receives it. Measured: "
+               f"L∞ = {norms.linf255}/255, L2 = {norms.l2_255:.1f}/255 over all pixels and channels, "
+               f"mean |δ| = {mean_abs:.2f}/255, PSNR = {psnr}.")
     return np.concatenate([vis, bar], axis=0), caption
+
+
+def perturbation_true_scale(clean: np.ndarray, adversarial: np.ndarray) -> np.ndarray:
+    """The perturbation as it is: mid-grey plus δ, unamplified (upscaled like the other panels). That
+    it looks flat grey is the point: the change is invisible."""
+    delta = adversarial.astype(np.int16) - clean.astype(np.int16)
+    return upscale(np.clip(128 + delta, 0, 255).astype(np.uint8), display_scale(clean.shape[:2]))
+
+
+def before_after(clean: np.ndarray, adversarial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The clean and the adversarial image at display scale, for the before / after slider."""
+    s = display_scale(clean.shape[:2])
+    return upscale(clean, s), upscale(adversarial, s)
 
 
 def transfer_figure(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str):
@@ -143,6 +162,46 @@ def transfer_figure(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str]
     fig.colorbar(im, ax=ax, label="IoU with the clean mask")
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def curve_figure(curve, reference: str):
+    """The robustness curve (``samdemo.plots.robustness_curve_plot``) titled with its attack."""
+    from samdemo import plots
+
+    request = curve.request
+    title = (f"{request.attack} attack, {request.generator.upper()}, {request.steps} steps; mIoU vs {reference}")
+    return plots.robustness_curve_plot(curve, title=title)
+
+
+def curve_markdown(curve, reference: str, seconds: float) -> str:
+    """The curve's points as a markdown table, and how to read it."""
+    series = list(curve.miou)
+    header = "| ε (/255) | " + " | ".join(curve.label(a, e) for a, e in series) + " |"
+    lines = [header, "|" + " --- |" * (len(series) + 1)]
+    for i, eps in enumerate(curve.eps255):
+        lines.append(f"| {eps:g} | " + " | ".join(f"{curve.miou[key][i]:.3f}" for key in series) + " |")
+    return ("mIoU against " + reference + " at each ε: solid lines are attacks crafted on the model they are "
+            "evaluated on (white-box, and *adaptive* for the robust model), dashed lines transfers from the other "
+            f"model. {seconds:.1f} s.\n\n" + "\n".join(lines))
+
+
+def masks_panel(image: np.ndarray, masks: np.ndarray, text: str) -> np.ndarray:
+    """K x H x W masks of "segment everything", each in its own colour, over the H x W x 3 image, at
+    display scale with ``text`` along the bottom."""
+    return banner(upscale(render_masks(image, masks), display_scale(image.shape[:2])), text)
+
+
+def render_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.55, colormap: str = "tab20") -> np.ndarray:
+    """H x W x 3 uint8 image with each of K x H x W masks blended in its own colour (matplotlib's
+    ``colormap``, cycled); later masks are drawn over earlier ones, so pass the largest first."""
+    from matplotlib import colormaps
+
+    out = image.astype(np.float32)
+    palette = colormaps[colormap]
+    for k, mask in enumerate(masks):
+        colour = np.asarray(palette(k % palette.N)[:3], np.float32) * 255
+        out[mask] = (1 - alpha) * out[mask] + alpha * colour
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def panel_title(panel) -> str:
@@ -172,17 +231,44 @@ def adapter_figure(robust):
     return plots.singular_value_plot(robust.adapter)
 
 
-def save_png(image: np.ndarray, prefix: str = "adversarial") -> str:
-    """Write an RGB uint8 image as a lossless PNG in the app's temporary folder; returns its path."""
+def _download_folder() -> Path:
+    """The app's temporary folder for downloads; files older than an hour are removed."""
     folder = Path(tempfile.gettempdir()) / "samdemo-app"
     folder.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    for old in folder.glob("*.png"):  # keep the folder small: files older than an hour go
+    for old in [*folder.glob("*.png"), *folder.glob("*.zip")]:  # keep the folder small
         try:
             if now - old.stat().st_mtime > 3600:
                 old.unlink()
         except OSError:
             pass
-    path = folder / f"{prefix}-{uuid.uuid4().hex[:12]}.png"
+    return folder
+
+
+def save_png(image: np.ndarray, prefix: str = "adversarial") -> str:
+    """Write an RGB uint8 image as a lossless PNG in the app's temporary folder; returns its path."""
+    path = _download_folder() / f"{prefix}-{uuid.uuid4().hex[:12]}.png"
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return str(path)
+
+
+def save_bundle(outcome, image: np.ndarray, prompts: PromptState, settings: dict, caveats: list[str],
+                headers: Sequence[str]) -> str:
+    """The download zip of an attack (``samdemo.bundle``): clean and adversarial PNG, every panel's mask
+    (and the painted prompt / ground truth), the table as CSV, the settings JSON that
+    ``python -m samdemo attack --replay`` reproduces, and a README; returns its path."""
+    from samdemo.bundle import write_bundle
+
+    masks = {key.replace("/", "-"): panel.mask for key, panel in outcome.panels.items() if panel.mask is not None}
+    if prompts.mask is not None:
+        masks["mask-prompt"] = prompts.mask
+    if prompts.ground_truth is not None:
+        masks["ground-truth"] = prompts.ground_truth
+    table = [list(headers)] + [["" if v is None else v for v in row] for row in outcome.table]
+    readme = ["Replay the adversarial image with the samdemo command line:",
+              "    unzip this file; python -m samdemo attack --replay settings.json --out replayed.png",
+              "(or --replay on the zip itself). masks/ holds each panel's mask, 255 = object."]
+    readme += [f"Not replayed: {caveat}." for caveat in caveats]
+    path = _download_folder() / f"samdemo-attack-{uuid.uuid4().hex[:12]}.zip"
+    write_bundle(path, image, outcome.adversarial, masks, table, settings, "\n".join(readme))
     return str(path)

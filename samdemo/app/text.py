@@ -34,3 +34,13 @@ original model only and then shown to the robust model, as an attacker who does 
 defence would; an *adaptive* attack is crafted on the robust model itself, the honest test of a
 defence. An attack *succeeds* on a model when its adversarial mask overlaps its clean mask with
 IoU below 0.5."""
+CURVE_HELP_MD = """The curve attacks your object at ε = 0, 1, 2, 4, 8 and 16 /255 with the attack, generator,
+steps and seed chosen above (the ε slider and the target are not used): at every ε the attack is crafted
+once on the original model (white-box for it, a *transfer* for the robust one) and once on the robust
+model (*adaptive*), so it costs 10 attacks; mIoU is against your ground truth if you painted one, else the
+original model's clean mask. A defence worth the name keeps the robust model's adaptive line high."""
+EVERYTHING_HELP_MD = """SAM's automatic mask generator prompts the model with a grid of points and keeps every
+confident mask, each drawn in its own colour. The attack chosen above is crafted once on the target model
+(the cross-prompt attack needs no prompt: the natural attack here), then both models segment everything on
+the clean and the adversarial image. A clean mask *survives* when an adversarial mask overlaps it with
+IoU ≥ 0.5. A few seconds per segmentation on a CPU with the embedded models."""
