@@ -488,7 +488,7 @@ class AdapterChoice:
 @dataclass
 class RobustModel:
     engine: SegmentEngine
-    adapter: object  # the samdemo.adapter object (for its plot and parameter count)
+    adapter: object  # the samdemo.defense.Adapter (for its plot and parameter count)
     trainable: int | None
     source: str
 
@@ -603,7 +603,7 @@ def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path
     The copy shares the embedding cache; its ``adapter_tag`` keeps its cached embeddings apart."""
     import copy
 
-    from samdemo import adapter as adapter_lib
+    from samdemo import defense
 
     robust_engine = SegmentEngine(copy.deepcopy(engine.model), engine.family, name=engine.name,
                                   autocast_dtype=engine.autocast_dtype, cache=engine.cache)
@@ -622,11 +622,11 @@ def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path
                                 "(or the shipped one).")
             try:  # hub.py bounds the wait (Hub timeout, cached copy) and the size; its messages name the repo
                 folder = hub.resolve_adapter(choice.repo_id, revision=choice.revision or None)
-            except adapter_lib.AdapterError as error:
+            except defense.AdapterError as error:
                 raise UserError(f"{error} The shipped adapter and the embedded models still work.") from None
             source = f"Hub: {choice.label}"
-        adapter = adapter_lib.load_adapter(robust_engine, folder)
-    except adapter_lib.AdapterError as error:
+        adapter = defense.load_adapter_folder(robust_engine, folder)
+    except defense.AdapterError as error:
         raise UserError(f"Adapter {choice.label} cannot be used with {engine.name}: {error}") from None
     except ModelUnavailableError as error:
         raise UserError(str(error)) from None

@@ -5,8 +5,9 @@
         --limit 50 --seed 0 --out runs/eval
 
 Defenses: ``none`` (the original model) and one per ``--adapter`` (a local folder or Hub id,
-``samdemo.hub.load_adapter`` on its own copy of the model), labelled by the folder name (the
-repo id for the Hub) and the ``method`` of its adapter_config.json ("svd" when absent). Modes:
+``samdemo.hub.resolve_adapter`` then ``samdemo.defense.load_adapter_folder`` on its own copy of
+the model), labelled by the folder name (the repo id for the Hub) and the ``method`` of its
+adapter_config.json ("svd" when absent). Modes:
 ``white-box`` (defense none: crafted and evaluated on the original model), ``transfer`` (crafted
 on the original model, evaluated on the defense; each attack is crafted once per image and
 evaluated on every defense) and ``adaptive`` (crafted on the defense itself).
@@ -181,14 +182,15 @@ def run(args) -> int:
 # ------------------------------------------------------------------------------------------ defenses
 def load_defenses(base: SegmentEngine, refs: list[str]) -> list[Defense]:
     """``none`` (``base`` itself) and, per ref, an adapter loaded onto a copy of the base model."""
-    from samdemo.hub import load_adapter, resolve_adapter
+    from samdemo.defense import load_adapter_folder
+    from samdemo.hub import resolve_adapter
 
     base.model.requires_grad_(False)  # attacks need gradients to the pixels only
     defenses = [Defense("none", "none", base)]
     for ref in refs:
         folder = resolve_adapter(ref)
         engine = SegmentEngine(copy.deepcopy(base.model), base.family, name=base.name)
-        load_adapter(engine, folder)
+        load_adapter_folder(engine, folder)
         engine.model.requires_grad_(False)
         config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
         label = Path(ref).expanduser().resolve().name if Path(ref).expanduser().is_dir() else ref

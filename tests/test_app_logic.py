@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from samdemo import app_logic as L
-from samdemo.adapter import apply_adapter, remove_adapter, save_adapter
+from samdemo.defense import apply_adapter, remove_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, MODEL_REGISTRY, build_architecture
 from samdemo.engine import EmbeddingCache, SegmentEngine
 from samdemo.errors import PromptError
@@ -42,7 +42,7 @@ def write_tiny_adapters(root: Path) -> Path:
         adapter = apply_adapter(engine)
         adapter.set_singular_values({k: s * torch.linspace(0.1, 2.0, len(s)).flip(0)
                                      for k, (_, s) in adapter.singular_values().items()})
-        save_adapter(adapter, root / f"{name}-adapter", plot=False)
+        save_adapter(adapter, root / f"{name}-adapter")
         remove_adapter(engine)
     return root
 
