@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import write_json  # noqa: E402
-from samdemo.adapter import apply_adapter, default_target_modules  # noqa: E402
+from samdemo.defense import apply_adapter, default_target_modules  # noqa: E402
 from samdemo.build import ModelUnavailableError, get_spec, load_model  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402

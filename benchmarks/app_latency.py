@@ -71,13 +71,13 @@ def make_lab(model: str) -> tuple[Lab, str, str]:
     adapter_root = CHECKPOINT_DIR
     adapter = f"shipped (checkpoints/{model}-adapter)"
     if not (CHECKPOINT_DIR / f"{model}-adapter").is_dir() or factory is not None:
-        from samdemo.adapter import apply_adapter, remove_adapter, save_adapter
+        from samdemo.defense import apply_adapter, remove_adapter, save_adapter
 
         adapter_root = Path(tempfile.mkdtemp(prefix="samdemo-bench-"))
         engine = factory(model) if factory else load_engine(model, device="cpu")
         svd = apply_adapter(engine)
         svd.set_singular_values({k: s * 0.9 for k, (_, s) in svd.singular_values().items()})
-        save_adapter(svd, adapter_root / f"{model}-adapter", plot=False)
+        save_adapter(svd, adapter_root / f"{model}-adapter")
         remove_adapter(engine)
         adapter = "temporary adapter of the shipped shape (no shipped adapter found)"
     manager = ModelManager(factory, cache=cache, adapter_root=adapter_root)

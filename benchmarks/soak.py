@@ -128,7 +128,7 @@ def session_round(client, session: int, round_: int, folder: Path, model: str = 
     outputs = client.predict(model, "shipped", "", "", "mask", "pgd", EPS, STEPS, session, "original",
                              api_name="/attack")
     times["attack"] = time.perf_counter() - start
-    panels, table, adv_png, timings = outputs[:4], outputs[4], outputs[7], outputs[-1]  # see app.py's /attack
+    panels, adv_png, timings = outputs[:4], outputs[7], outputs[-1]  # positions of app.py's /attack outputs
     adv = read_rgb(adv_png)
     assert adv.shape == image.shape, (where, adv.shape, image.shape)
     linf = int(np.abs(adv.astype(int) - image.astype(int)).max())

@@ -41,8 +41,9 @@ def shuffled_values(values: dict[str, tuple[torch.Tensor, torch.Tensor]], traine
 def make_control(adapter_folder: str | Path, out: str | Path, kind: str = "shuffled", seed: int = 0) -> Path:
     """Write the ``kind`` control of the SVD adapter in ``adapter_folder`` to ``out`` (an adapter folder that
     loads like any other, its config saying what it is)."""
-    from samdemo.adapter import AdapterError, load_adapter, read_adapter_folder, save_adapter
+    from samdemo.defense import AdapterError, load_adapter_folder, read_adapter_folder, save_adapter
     from samdemo.factory import load_engine
+    from samdemo.plots import singular_value_plot
 
     if kind not in CONTROL_KINDS:
         raise ValueError(f"Unknown control {kind!r}; choose among {', '.join(CONTROL_KINDS)}.")
@@ -50,13 +51,13 @@ def make_control(adapter_folder: str | Path, out: str | Path, kind: str = "shuff
     if files.config.method != "svd":
         raise AdapterError(f"{adapter_folder} is not an SVD adapter; the shuffled control permutes singular values.")
     engine = load_engine(files.config.base_model)
-    adapter = load_adapter(engine, adapter_folder)
+    adapter = load_adapter_folder(engine, adapter_folder)
     trained = {layer.name: layer.rank for layer in adapter.layers}
     adapter.set_singular_values(shuffled_values(adapter.singular_values(), trained, seed))
     training = {"control": kind, "seed": seed, "source": Path(adapter_folder).name,
                 "how": "relative changes s/s_base of the trained singular values permuted within each layer",
                 "num_trainable": adapter.num_trainable}
-    return save_adapter(adapter, out, training=training, metrics={})
+    return save_adapter(adapter, out, training=training, metrics={}, figure=singular_value_plot(adapter))
 
 
 def configure_parser(parser) -> None:

@@ -5,8 +5,9 @@
         --limit 50 --seed 0 --out runs/eval
 
 Defenses: ``none`` (the original model) and one per ``--adapter`` (a local folder or Hub id,
-``samdemo.hub.load_adapter`` on its own copy of the model), labelled by the folder name (the
-repo id for the Hub) and the ``method`` of its adapter_config.json ("svd" when absent). Modes:
+``samdemo.hub.resolve_adapter`` then ``samdemo.defense.load_adapter_folder`` on its own copy of
+the model), labelled by the folder name (the repo id for the Hub) and the ``method`` of its
+adapter_config.json ("svd" when absent). Modes:
 ``white-box`` (defense none: crafted and evaluated on the original model), ``transfer`` (crafted
 on the original model, evaluated on the defense; each attack is crafted once per image and
 evaluated on every defense) and ``adaptive`` (crafted on the defense itself).

@@ -55,10 +55,10 @@ def robust_copy(base: SegmentEngine, source: str | Path, revision: str | None = 
     """(engine, adapter): a frozen copy of ``base`` with the adapter of ``source`` (a folder, or a Hub
     repo ``owner/name`` at ``revision``) applied. Raises ``AdapterError`` with the reason when the
     adapter does not fit ``base``."""
-    from samdemo.hub import load_adapter
+    from samdemo.hub import load_adapter_from_hub
 
     engine = SegmentEngine(copy.deepcopy(base.model), base.family, name=base.name,
                            autocast_dtype=base.autocast_dtype, cache=base.cache)
-    adapter = load_adapter(engine, source, revision, merge=merge)
+    adapter = load_adapter_from_hub(engine, source, revision, merge=merge)
     engine.model.requires_grad_(False)
     return engine, adapter

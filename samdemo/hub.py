@@ -1,8 +1,8 @@
 """Push an adapter folder to the Hugging Face Hub (``python -m samdemo push-adapter DIR --repo owner/name``).
 
-Any method (svd, lora, full: ``samdemo.adapter``); the folder says which.
+Any method (svd, lora, full: ``samdemo.defense``); the folder says which.
 
-Loading: :func:`load_adapter` takes a local folder or a Hub repo id ``owner/name`` (with an
+Loading: :func:`load_adapter_from_hub` takes a local folder or a Hub repo id ``owner/name`` (with an
 optional revision: branch, tag or commit hash). Hub downloads go through
 ``huggingface_hub.snapshot_download`` and its cache (``HF_HOME`` / ``HF_HUB_CACHE``); with
 ``HF_HUB_OFFLINE=1`` only the cache is used and a missing adapter gives a clear error.
@@ -24,9 +24,8 @@ import re
 import sys
 from pathlib import Path
 
-from samdemo.adapter import ADAPTER_FILES, WEIGHTS_FILE, Adapter, read_adapter_folder
+from samdemo.defense import ADAPTER_FILES, WEIGHTS_FILE, Adapter, load_adapter_folder, read_adapter_folder
 from samdemo.errors import AdapterError
-from samdemo.adapter import load_adapter as _load_local
 
 log = logging.getLogger(__name__)
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -96,14 +95,15 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
     return Path(folder)
 
 
-def load_adapter(target, source: str | Path, revision: str | None = None, *, cache_dir=None,
-                 freeze_base: bool = True, merge: bool = False) -> Adapter:
+def load_adapter_from_hub(target, source: str | Path, revision: str | None = None, *, cache_dir=None,
+                          freeze_base: bool = True, merge: bool = False) -> Adapter:
     """Apply the adapter from a local folder or a Hub repo (``owner/name`` at ``revision``) to a model/engine.
 
-    Everything is validated first (``samdemo.adapter.load_adapter``, which dispatches on the folder's
+    Everything is validated first (``samdemo.defense.load_adapter_folder``, which dispatches on the folder's
     ``method``: svd, lora or full); ``merge=True`` merges it at once.
     """
-    return _load_local(target, resolve_adapter(source, revision, cache_dir), freeze_base=freeze_base, merge=merge)
+    return load_adapter_folder(target, resolve_adapter(source, revision, cache_dir), freeze_base=freeze_base,
+                               merge=merge)
 
 
 def push_adapter(folder: str | Path, repo_id: str, revision: str | None = None, token: str | bool | None = None,
@@ -144,7 +144,7 @@ def run(args) -> int:
     info = push_adapter(args.folder, args.repo, revision=args.revision, token=args.token,
                         private=True if args.private else None, commit_message=args.message)
     print(f"pushed {args.folder} to {args.repo}@{args.revision or 'main'}: commit {info.oid}")
-    print(f"load it with: samdemo.hub.load_adapter(engine, {args.repo!r}, revision={info.oid!r})")
+    print(f"load it with: samdemo.hub.load_adapter_from_hub(engine, {args.repo!r}, revision={info.oid!r})")
     if os.environ.get("HF_ENDPOINT"):
         print(f"(Hub endpoint {os.environ['HF_ENDPOINT']})", file=sys.stderr)
     return 0

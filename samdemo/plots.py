@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from samdemo.defense import Adapter, AdapterFiles, read_adapter_folder
+from samdemo.defense.card import CARD_TEXTS
 
 
 MAX_LAYER_PANELS = 6  # more adapted layers than this: one strip of changes instead of a panel per layer
@@ -14,10 +18,6 @@ MAX_LAYER_PANELS = 6  # more adapted layers than this: one strip of changes inst
 def _singular_value_pairs(source) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str, int]:
     """(name -> (s of W, s of W'), the adapter's method, its trainable count) from an Adapter, an
     AdapterFiles, a folder or a mapping (read as svd, every value trained)."""
-    from pathlib import Path
-
-    from samdemo.adapter import Adapter, AdapterFiles, read_adapter_folder
-
     if isinstance(source, (str, Path)):
         source = read_adapter_folder(source)
     method, count = "svd", None  # a mapping holds (s_base, s) pairs
@@ -40,15 +40,13 @@ def singular_value_plot(adapter, title: str | None = None) -> Figure:
     log scale, and below them the ratio adapted / original). More layers (an adapter spread over
     the whole encoder): a single strip of every value's change, layer after layer.
     """
-    from samdemo.adapter import LAYER_TYPES
-
     pairs, method, count = _singular_value_pairs(adapter)
     n = len(pairs)
     figure = _ratio_strip(pairs) if n > MAX_LAYER_PANELS else _layer_panels(pairs)
     if title is None and method == "svd":
         title = f"SVD adapter: {count} singular values trained in {n} layer{'s' * (n > 1)}"
     elif title is None:  # the baselines train W itself, not its singular values: these are W's and W''s spectra
-        title = f"{LAYER_TYPES[method].card_title}: singular values of W, W'"
+        title = f"{CARD_TEXTS[method]['title']}: singular values of W, W'"
     figure.suptitle(title, fontsize=10)
     return figure
 

@@ -1,6 +1,6 @@
 """Train a robustness adapter adversarially (``python -m samdemo train-adapter``).
 
-Only the adapter's parameters move (``samdemo.adapter``): with ``--method svd`` (default, the
+Only the adapter's parameters move (``samdemo.defense``): with ``--method svd`` (default, the
 Robust SAM defense) the singular values of the target layers (512 on Meta's models, 256 on the
 embedded small ones, by default; ``--svd-rank k`` trains only the k largest of each targeted
 layer, to spread a fixed budget over many layers); the baselines ``--method lora`` (rank ``--lora-rank``) and
@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from samdemo.adapter import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_adapter, save_adapter
+from samdemo.defense import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_adapter, save_adapter
 from samdemo.attacks.base import eps_from_255
 from samdemo.pipeline import AttackRequest, craft
 from samdemo.engine import SegmentEngine, image_to_tensor
@@ -393,6 +393,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
     adapter.refresh_tag()
     save()
     if out_dir is not None and step >= cfg.steps:
+        from samdemo.plots import singular_value_plot
+
         evals = log["eval"]
         baseline = next((e for e in evals if e["step"] == 0), None)
         final = evals[-1] if evals and evals[-1]["step"] == step else None
@@ -403,7 +405,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
                                 "lr_per_tensor": {g["name"]: g["lr"] for g in optimizer.param_groups},
                                 "objective": "adv_weight * L_seg(adversarial) + clean_weight * L_seg(clean); "
                                              "L_seg = 20 focal + dice + IoU MSE (train_base.segmentation_loss)"}
-        save_adapter(adapter, out_dir, training=recipe, metrics=metrics, training_log=log)
+        save_adapter(adapter, out_dir, training=recipe, metrics=metrics, training_log=log,
+                     figure=singular_value_plot(adapter))
         tqdm.write(f"adapter written to {out_dir}")
     return log
 

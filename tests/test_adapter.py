@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from samdemo.adapter import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AdapterError, apply_adapter,
-                             count_trainable, default_target_modules, get_adapter, load_adapter,
+from samdemo.defense import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AdapterError, apply_adapter,
+                             count_trainable, default_target_modules, get_adapter, load_adapter_folder,
                              read_adapter_folder, remove_adapter, resolve_targets, save_adapter)
 from samdemo.build import CONFIG_DIR, build_architecture
 from samdemo.engine import SegmentEngine
@@ -195,7 +195,7 @@ def test_rank_trains_only_the_largest_singular_values(tmp_path):
         update = (layer.effective_weight() - layer.module.weight).reshape(layer.matrix_shape[0], -1).double()
         assert int(torch.linalg.matrix_rank(update, rtol=1e-4)) == layer.rank
     adapted = outputs(engine, x)
-    save_adapter(adapter, tmp_path / "top5", plot=False)
+    save_adapter(adapter, tmp_path / "top5")
     values = adapter.singular_values()
     name = adapter.names[-1]
     changed_tail = {k: s.clone() for k, (_, s) in values.items()}
@@ -205,7 +205,7 @@ def test_rank_trains_only_the_largest_singular_values(tmp_path):
     adapter.remove()
     files = read_adapter_folder(tmp_path / "top5")
     assert all(s.shape == (min(5, w),) for s, w in zip(files.singular_values.values(), widths))
-    loaded = load_adapter(engine, tmp_path / "top5", merge=True)
+    loaded = load_adapter_folder(engine, tmp_path / "top5", merge=True)
     assert max_diff(outputs(engine, x), adapted) < 1e-5 and loaded.num_trainable == adapter.num_trainable
 
 
@@ -219,7 +219,7 @@ def saved(tmp_path):
     perturb(adapter)
     reference = outputs(engine, x)
     save_adapter(adapter, tmp_path / "adapter", training={"steps": 3}, metrics={"table": [
-        {"condition": "clean, adapted", "point": 0.5, "box": 0.6, "mask": 0.7}]}, plot=False)
+        {"condition": "clean, adapted", "point": 0.5, "box": 0.6, "mask": 0.7}]})
     adapter.remove()
     return engine, tmp_path / "adapter", reference, x
 
@@ -228,7 +228,7 @@ def test_save_load_round_trip(saved, tmp_path):
     engine, folder, reference, x = saved
     assert sorted(p.name for p in folder.iterdir()) == sorted([CARD_FILE, CONFIG_FILE, WEIGHTS_FILE])
     fresh = tiny_engine("sam")  # same seed: same weights, another object
-    adapter = load_adapter(fresh, folder)
+    adapter = load_adapter_folder(fresh, folder)
     assert max_diff(outputs(fresh, x), reference) < 1e-6
     assert adapter.config.base_model == "tiny-sam" and adapter.config.training == {"steps": 3}
     config = json.loads((folder / CONFIG_FILE).read_text())
@@ -241,7 +241,7 @@ def test_save_load_round_trip(saved, tmp_path):
     assert card.data.library_name == "samdemo" and "adversarial-robustness" in card.data.tags
     assert "| clean, adapted | 0.500 | 0.600 | 0.700 |" in card.text
     # saving the loaded adapter again gives the same values
-    save_adapter(adapter, tmp_path / "again", plot=False)
+    save_adapter(adapter, tmp_path / "again")
     again = read_adapter_folder(tmp_path / "again")
     for name, (base, s) in read_adapter_folder(folder).values().items():
         assert torch.allclose(again.singular_values[name], s, atol=1e-6)
@@ -252,10 +252,10 @@ def test_fingerprint_mismatch_is_refused(saved):
     other = tiny_engine("sam", seed=1)  # same architecture, other weights
     before = outputs(other, x)
     with pytest.raises(AdapterError, match="fingerprint .* different weights"):
-        load_adapter(other, folder)
+        load_adapter_folder(other, folder)
     assert get_adapter(other) is None and max_diff(outputs(other, x), before) == 0.0
     with pytest.raises(AdapterError, match="for a 'sam' model .* 'sam2' model"):
-        load_adapter(tiny_engine("sam2"), folder)
+        load_adapter_folder(tiny_engine("sam2"), folder)
 
 
 def _edit_config(folder: Path, change) -> None:
@@ -327,7 +327,7 @@ def test_malformed_adapter_files_are_refused_clearly(saved, case):
     damage(folder)
     before = outputs(engine, x)
     with pytest.raises(AdapterError, match=message):
-        load_adapter(engine, folder)
+        load_adapter_folder(engine, folder)
     assert get_adapter(engine) is None and max_diff(outputs(engine, x), before) == 0.0
 
 
@@ -340,7 +340,7 @@ def test_layer_missing_from_model_is_named(saved):
     _edit_config(folder, rename)
     _edit_tensors(folder, lambda t: t.update({k.replace("neck.0", "neck.9"): t.pop(k) for k in list(t) if "neck.0" in k}))
     with pytest.raises(AdapterError, match="image_encoder.neck.9: no such module in this model"):
-        load_adapter(engine, folder)
+        load_adapter_folder(engine, folder)
 
 
 def test_singular_value_plot(saved):
@@ -353,9 +353,9 @@ def test_singular_value_plot(saved):
     assert isinstance(figure, Figure) and len(figure.axes) == 4  # 2 layers x (values, ratio)
     assert figure.axes[0].get_yscale() == "log"
     engine = tiny_engine("sam")
-    adapter = load_adapter(engine, folder)
+    adapter = load_adapter_folder(engine, folder)
     assert len(singular_value_plot(adapter).axes) == 4
-    save_adapter(adapter, folder / "with_plot")  # the saved folder shows the plot in its model card
+    save_adapter(adapter, folder / "with_plot", figure=singular_value_plot(adapter))  # shown in its model card
     assert (folder / "with_plot" / "singular_values.png").stat().st_size > 10_000
     assert "](singular_values.png)" in (folder / "with_plot" / CARD_FILE).read_text()
     with pytest.raises(ValueError):
@@ -405,7 +405,7 @@ def test_train_adapter_decreases_its_loss_and_writes_an_adapter(tmp_path):
     losses = [row[1] for row in log["train"]]
     assert len(losses) == 16 and np.mean(losses[-5:]) < np.mean(losses[:5])
     assert get_adapter(engine) is None  # training leaves the engine as it found it
-    adapter = load_adapter(engine, tmp_path / "out")
+    adapter = load_adapter_folder(engine, tmp_path / "out")
     assert not adapter.is_identity()
     assert _fixed_batch_loss(engine, cfg) < before
     config = json.loads((tmp_path / "out" / CONFIG_FILE).read_text())
@@ -423,7 +423,7 @@ def test_train_adapter_with_a_rank_spreads_the_budget(tmp_path):
     cfg = _train_cfg(targets="image_encoder.*", svd_rank=3, steps=2, attacks="feature", attack_steps=1)
     engine = build_engine(cfg)
     log = train_adapter(cfg, tmp_path / "run", tmp_path / "out", engine=engine)
-    adapter = load_adapter(engine, tmp_path / "out")
+    adapter = load_adapter_folder(engine, tmp_path / "out")
     assert len(adapter.layers) > 6 and {layer.rank for layer in adapter.layers} == {3}
     assert log["num_trainable"] == adapter.num_trainable == 3 * len(adapter.layers) and not adapter.is_identity()
     adapter.remove()

@@ -28,7 +28,7 @@ from samdemo.app.session import (MODE_BOX, MODE_MASK, MODE_NEGATIVE, MODE_POSITI
                                  set_image, set_painted, to_image_frame, undo)
 from samdemo.errors import ModelUnavailableError, UserError
 from samdemo.metrics import mask_iou
-from samdemo.adapter import apply_adapter, remove_adapter, save_adapter
+from samdemo.defense import apply_adapter, remove_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, MODEL_REGISTRY, build_architecture
 from samdemo.engine import EmbeddingCache, SegmentEngine
 from samdemo.errors import PromptError
@@ -51,7 +51,7 @@ def write_tiny_adapters(root: Path) -> Path:
         adapter = apply_adapter(engine)
         adapter.set_singular_values({k: s * torch.linspace(0.1, 2.0, len(s)).flip(0)
                                      for k, (_, s) in adapter.singular_values().items()})
-        save_adapter(adapter, root / f"{name}-adapter", plot=False)
+        save_adapter(adapter, root / f"{name}-adapter")
         remove_adapter(engine)
     return root
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from samdemo.adapter import AdapterError, read_adapter_folder
+from samdemo.defense import AdapterError, read_adapter_folder
 from samdemo.controls import make_control, shuffled_values
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "sam2-small-adapter"

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from samdemo import hub
-from samdemo.adapter import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AdapterError, apply_adapter,
-                             default_target_modules, get_adapter, load_adapter, read_adapter_folder, save_adapter)
+from samdemo.defense import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AdapterError, apply_adapter,
+                             default_target_modules, get_adapter, load_adapter_folder, read_adapter_folder,
+                             save_adapter)
 from samdemo.build import CHECKPOINT_DIR, CONFIG_DIR, build_architecture
 from samdemo.plots import singular_value_plot
 from tests.test_adapter import _edit_config, _neck, _train_cfg, images, max_diff, outputs, tiny_engine
@@ -153,7 +154,7 @@ def saved(request, tmp_path):
     adapter = apply_adapter(engine, AdapterConfig(method=request.param), rank=2)
     perturb(adapter)
     reference = outputs(engine, x)
-    save_adapter(adapter, tmp_path / "adapter", training={"steps": 3})
+    save_adapter(adapter, tmp_path / "adapter", training={"steps": 3}, figure=singular_value_plot(adapter))
     adapter.remove()
     return request.param, engine, tmp_path / "adapter", reference, x
 
@@ -161,7 +162,7 @@ def saved(request, tmp_path):
 def test_save_load_round_trip(saved, tmp_path):
     method, engine, folder, reference, x = saved
     fresh = tiny_engine("sam")
-    for load in (load_adapter, hub.load_adapter):
+    for load in (load_adapter_folder, hub.load_adapter_from_hub):
         adapter = load(fresh, folder)
         assert adapter.method == method and fresh.adapter_tag.startswith(f"{method}:")
         assert max_diff(outputs(fresh, x), reference) < 1e-6
@@ -181,7 +182,7 @@ def test_save_load_round_trip(saved, tmp_path):
     assert {"lora": "# LoRA robustness adapter (baseline)", "full": "# Full-weight robustness adapter"}[method] in card
     assert f"(method `{method}`:" in card and "svd" not in card.split("---")[1]  # the tags name the method
     assert (folder / "singular_values.png").stat().st_size > 10_000  # spectra of W and W'
-    title = singular_value_plot(load_adapter(fresh, folder)).get_suptitle()  # the app's plot too
+    title = singular_value_plot(load_adapter_folder(fresh, folder)).get_suptitle()  # the app's plot too
     assert title.endswith("robustness adapter (baseline): singular values of W, W'") and "SVD" not in title
     with pytest.raises(AdapterError, match="not singular values"):
         read_adapter_folder(folder).values()
@@ -192,11 +193,11 @@ def test_refusals(saved):
     other = tiny_engine("sam", seed=1)  # same architecture, other weights
     before = outputs(other, x)
     with pytest.raises(AdapterError, match="fingerprint .* different weights"):
-        load_adapter(other, folder)
+        load_adapter_folder(other, folder)
     assert get_adapter(other) is None and max_diff(outputs(other, x), before) == 0.0
-    adapter = load_adapter(tiny_engine("sam"), folder)
+    adapter = load_adapter_folder(tiny_engine("sam"), folder)
     with pytest.raises(AdapterError, match="already has a"):
-        load_adapter(adapter.engine, folder)
+        load_adapter_folder(adapter.engine, folder)
     with pytest.raises(AdapterError, match="needs an SVD adapter"):
         adapter.set_singular_values({})
     adapter.remove()
@@ -221,7 +222,7 @@ def test_version_1_svd_files_still_load(tmp_path):
     adapter = apply_adapter(engine)
     perturb(adapter, scale=0.01)
     reference = outputs(engine, x)
-    save_adapter(adapter, tmp_path / "v1", plot=False)
+    save_adapter(adapter, tmp_path / "v1")
     adapter.remove()
 
     def as_version_1(data):
@@ -229,7 +230,7 @@ def test_version_1_svd_files_still_load(tmp_path):
         data["format_version"] = 1
 
     _edit_config(tmp_path / "v1", as_version_1)
-    adapter = load_adapter(engine, tmp_path / "v1")
+    adapter = load_adapter_folder(engine, tmp_path / "v1")
     assert adapter.method == "svd" and adapter.config.format_version == 2
     assert max_diff(outputs(engine, x), reference) < 1e-6
     for shipped in sorted(CHECKPOINT_DIR.glob("*-adapter")):  # the shipped defenses: singular values, <= 512
@@ -247,7 +248,7 @@ def test_train_adapter_two_steps_writes_a_loadable_adapter(method, tmp_path):
     log = train_adapter(cfg, tmp_path / "run", tmp_path / "out", engine=engine)
     assert log["method"] == method and len(log["train"]) == 2
     assert get_adapter(engine) is None
-    adapter = load_adapter(engine, tmp_path / "out")
+    adapter = load_adapter_folder(engine, tmp_path / "out")
     assert adapter.method == method and not adapter.is_identity()
     config = json.loads((tmp_path / "out" / CONFIG_FILE).read_text())
     assert config["method"] == method and config["num_trainable"] == log["num_trainable"] == adapter.num_trainable

@@ -19,7 +19,8 @@ import torch
 
 from benchmarks._common import free_port
 from tests.hub_server import DEFAULT_TOKEN, FakeHub
-from samdemo.adapter import apply_adapter, save_adapter
+from samdemo.defense import apply_adapter, save_adapter
+from samdemo.plots import singular_value_plot
 from samdemo.errors import AdapterError
 from samdemo.build import CONFIG_DIR, build_architecture
 from samdemo.engine import SegmentEngine
@@ -48,11 +49,11 @@ COMMON = textwrap.dedent("""
 
 DOWNLOAD = COMMON + textwrap.dedent("""
     from samdemo.errors import AdapterError
-    from samdemo.hub import load_adapter, push_adapter, resolve_adapter
+    from samdemo.hub import load_adapter_from_hub, push_adapter, resolve_adapter
     reference, commit = torch.load(sys.argv[1]), sys.argv[2]
     for revision in ("v1", commit):
         e = engine()
-        adapter = load_adapter(e, "tester/tiny-robust-sam", revision=revision, merge=revision == commit)
+        adapter = load_adapter_from_hub(e, "tester/tiny-robust-sam", revision=revision, merge=revision == commit)
         assert adapter.merged == (revision == commit)
         assert torch.allclose(outputs(e), reference, atol=1e-6, rtol=0), revision
         assert e.adapter_tag.startswith("svd:")
@@ -70,12 +71,12 @@ DOWNLOAD = COMMON + textwrap.dedent("""
 
 OFFLINE = COMMON + textwrap.dedent("""
     from samdemo.errors import AdapterError
-    from samdemo.hub import load_adapter
+    from samdemo.hub import load_adapter_from_hub
     e = engine()
-    load_adapter(e, "tester/tiny-robust-sam", revision="v1")
+    load_adapter_from_hub(e, "tester/tiny-robust-sam", revision="v1")
     assert torch.allclose(outputs(e), torch.load(sys.argv[1]), atol=1e-6, rtol=0)  # other thread count than the reference process
     try:
-        load_adapter(engine(), "tester/never-downloaded")
+        load_adapter_from_hub(engine(), "tester/never-downloaded")
     except AdapterError as error:
         print("ERROR", error)
     from samdemo.hub import push_adapter
@@ -125,7 +126,7 @@ def adapter_folder(tmp_path):
             g = torch.Generator().manual_seed(i)
             layer.delta.copy_(torch.randn(layer.rank, generator=g) * 0.1 * layer.s_base.mean())
     torch.save(namespace["outputs"](engine), tmp_path / "reference.pt")
-    save_adapter(adapter, tmp_path / "adapter", training={"steps": 1})
+    save_adapter(adapter, tmp_path / "adapter", training={"steps": 1}, figure=singular_value_plot(adapter))
     adapter.remove()
     return tmp_path / "adapter", tmp_path / "reference.pt"
 
@@ -186,7 +187,7 @@ def test_push_refuses_a_malformed_adapter_before_any_request(adapter_folder):
 
 
 def test_local_sources_and_bad_ids(adapter_folder):
-    from samdemo.hub import is_repo_id, load_adapter, resolve_adapter
+    from samdemo.hub import is_repo_id, load_adapter_from_hub, resolve_adapter
 
     folder, reference = adapter_folder
     assert resolve_adapter(folder) == folder
@@ -198,7 +199,7 @@ def test_local_sources_and_bad_ids(adapter_folder):
     torch.manual_seed(0)
     model, family = build_architecture(CONFIG_DIR / "sam_tiny_test.yaml")
     engine = SegmentEngine(model.eval(), family, name="tiny-sam")
-    load_adapter(engine, folder)
+    load_adapter_from_hub(engine, folder)
     namespace: dict = {}
     exec(COMMON, namespace)
     assert torch.equal(namespace["outputs"](engine), torch.load(reference))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from samdemo import pipeline
-from samdemo.adapter import AdapterError
+from samdemo.defense import AdapterError
 from samdemo.errors import ModelUnavailableError
 from samdemo.factory import load_engine, robust_copy
 from samdemo.pipeline import AttackRequest, run_attack

@@ -43,7 +43,7 @@ from samdemo.app.models import ADAPTER_HUB, AdapterChoice, ModelManager, default
 from samdemo.app.session import MODE_BOX, MODE_POSITIVE, PromptState, Session, display_scale
 from samdemo import build, limits, pipeline
 from samdemo.app import handlers
-from samdemo.adapter import apply_adapter, save_adapter
+from samdemo.defense import apply_adapter, save_adapter
 from samdemo.build import CONFIG_DIR, build_architecture
 from samdemo.engine import EmbeddingCache, SegmentEngine
 from samdemo.errors import UserError
@@ -408,7 +408,7 @@ def _broken_adapter(root: Path, good: Path, kind: str) -> str:
         torch.manual_seed(1)
         model, family = build_architecture(CONFIG_DIR / "sam_tiny_test.yaml")
         other = SegmentEngine(model.eval(), family, name="sam-small")
-        save_adapter(apply_adapter(other), folder, plot=False)
+        save_adapter(apply_adapter(other), folder)
         return "cannot be used with sam-small"
     raise ValueError(kind)
 

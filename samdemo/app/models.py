@@ -180,7 +180,7 @@ class ModelManager:
 def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path = CHECKPOINT_DIR) -> RobustModel:
     """The adapter of ``choice`` on a merged, frozen copy of ``engine`` (``samdemo.factory.robust_copy``),
     with messages that name what the user chose and never a server path."""
-    from samdemo.adapter import AdapterError
+    from samdemo.defense import AdapterError
     from samdemo.factory import robust_copy
 
     if choice.kind == ADAPTER_SHIPPED:
