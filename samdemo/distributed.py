@@ -33,14 +33,25 @@ def local_device(device: str = "") -> str:
     return device
 
 
-def setup(device: str = "") -> int:
-    """Join the process group when started by torchrun; returns this process's rank."""
+def setup(device: str = "", backend: str | None = None) -> int:
+    """Join the process group when started by torchrun; returns this process's rank.
+
+    ``backend``: NCCL for a CUDA ``device`` and gloo otherwise unless given (evaluate only needs barriers
+    between processes, which gloo does on any device)."""
     if world_size() > 1 and not dist.is_initialized():
-        backend = "nccl" if (device or default_device()).startswith("cuda") else "gloo"
+        backend = backend or ("nccl" if (device or default_device()).startswith("cuda") else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(local_device("cuda"))
         dist.init_process_group(backend)
     return rank()
+
+
+def group() -> tuple[int, int]:
+    """(rank, world size) in the joined process group; (0, 1) outside one (a plain process, or
+    torchrun's variables without :func:`setup`)."""
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
 
 
 def teardown() -> None:

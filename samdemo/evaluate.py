@@ -29,11 +29,13 @@ resamples for every record, seeded by ``--seed``).
 
 Files in ``--out``:
 
-* ``per_image.jsonl``: line 1 ``{"settings": {...}}``, then one line per image:
+* ``per_image.jsonl`` (under torchrun: ``per_image.rank<r>.jsonl``, one per process, same format): line 1
+  ``{"settings": {...}}``, then one line per image:
   ``{"name", "instances", "seconds", "clean": {defense: {type: [IoU vs GT per instance]}}, "grey": (same),
   "attacked": [{"defense", "mode", "attack", "crafted_with", "evaluated_with", "iou_gt": [...],
   "iou_clean": [...]}]}`` (or ``{"name", "instances": 0, "skipped": reason}``). A rerun with the
-  same settings skips the images already there (``--limit`` may change); other settings are an error.
+  same settings skips the images already there (``--limit`` may change; every log in ``--out`` counts, whatever
+  the number of processes that wrote it); other settings are an error.
 * ``results.json``: ``{"header": {"settings": {"model", "adapters", "data", "attacks", "prompts",
   "eps" (1/255 units), "steps", "generator", "seed", "max_instances", "max_side", "defenses":
   [{"label", "method", "ref", "digest"}]}, "limit", "images", "instances", "skipped" (names),
@@ -45,14 +47,25 @@ Files in ``--out``:
 * ``results.csv`` (the records, ``*_ci`` split into ``*_lo`` / ``*_hi``), ``report.md``,
   ``bars.png`` (mIoU vs GT and ASR per attack and prompt type), ``transfer.png`` (heatmaps
   crafted-with x evaluated-with of the IoU vs the clean prediction).
+
+Scale out: ``torchrun --nproc-per-node N -m samdemo evaluate ...`` (several nodes through torchrun's
+rendezvous). The processes join a gloo group (barriers only; ``samdemo.distributed``), each runs on
+``cuda:<local rank>`` (or ``--device``; the CPU without CUDA) and takes every N-th of the images still to do
+(image i to rank i % N in a new run), appending to its own log; rank 0 waits for all, merges every log in
+dataset order and writes the outputs above, the same as one process would (the per-image seeds do not depend
+on which process evaluates an image; on CPUs, the same threads per process give the same bits). On several
+nodes ``--out`` must be a folder they share. Not under torchrun (or with N = 1) nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import os
 import platform
+import re
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -62,6 +75,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samdemo import distributed
 from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows, object_prompts
 from samdemo.engine import SegmentEngine, image_to_tensor
 from samdemo.metrics import ATTACK_SUCCESS_IOU, batch_iou
@@ -79,6 +93,7 @@ DEFAULT_PROMPTS = PROMPT_TYPES
 CI_LEVEL, CI_RESAMPLES = 0.95, 1000
 SAMPLED_POINTS = 3
 LOG_FILE = "per_image.jsonl"
+RANK_LOG_FILE = "per_image.rank{}.jsonl"  # process ``rank``'s records under torchrun
 
 
 @dataclass
@@ -141,6 +156,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                         help=f"downscale larger images to this longest side, default {DEFAULT_MAX_SIDE}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="", help="cpu | cuda | cuda:N; default cuda when there is one "
+                                                      "(under torchrun: each process on its local rank's GPU)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
 
 
@@ -183,10 +200,19 @@ def run(args) -> int:
     from samdemo.factory import load_engine
 
     settings = parse_settings(args)
-    base = load_engine(settings.model, frozen=True)
-    dataset = open_dataset(settings.data, scene_size=base.image_size, max_side=settings.max_side)
-    defenses = load_defenses(base, settings.adapters)
-    results = evaluate(defenses, dataset, settings, args.out, limit=args.limit)
+    distributed.setup(args.device, backend="gloo")  # torchrun: join the other processes (barriers only)
+    try:
+        device = distributed.local_device(args.device)
+        if device.startswith("cuda") and ":" in device:
+            torch.cuda.set_device(torch.device(device))
+        base = load_engine(settings.model, device=device, frozen=True)
+        dataset = open_dataset(settings.data, scene_size=base.image_size, max_side=settings.max_side)
+        defenses = load_defenses(base, settings.adapters)
+        results = evaluate(defenses, dataset, settings, args.out, limit=args.limit)
+    finally:
+        distributed.teardown()
+    if results is None:  # another process than rank 0: its records are in its log, rank 0 wrote the results
+        return 0
     header = results["header"]
     print(f"{header['images']} images, {header['instances']} instances, {len(results['records'])} records "
           f"-> {args.out / 'report.md'}")
@@ -282,20 +308,33 @@ def _ious(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------ the run
-def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, limit: int | None = None) -> dict:
-    """Evaluate the first ``limit`` samples of ``dataset`` (resuming from ``out/per_image.jsonl``), then
-    write results.json, results.csv, report.md and the plots. Returns the results.json content."""
+def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, limit: int | None = None) -> dict | None:
+    """Evaluate the first ``limit`` samples of ``dataset`` (resuming from the per-image logs in ``out``), then
+    write results.json, results.csv, report.md and the plots. Returns the results.json content.
+
+    In a process group (torchrun, :func:`samdemo.distributed.setup`) the images still to do are dealt out
+    round-robin (the i-th to rank i % world size), each rank appends to its own log, and rank 0 waits for all,
+    merges every log in dataset order and writes the outputs; the other ranks return None."""
     from tqdm import tqdm
 
+    rank, world = distributed.group()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded = {"settings": _jsonable(asdict(settings)) | {"defenses": [
         {"label": d.label, "method": d.method, "ref": d.ref, "digest": d.digest} for d in defenses]}}
-    done = _open_log(out / LOG_FILE, recorded)
+    had_logs = bool(log_files(out))
+    done = read_logs(out, recorded)
+    distributed.barrier()  # every process has read the logs before any writes to one: they agree on what is left
     names = dataset.names[:limit]
     todo = [i for i, name in enumerate(names) if name not in done]
-    with open(out / LOG_FILE, "a", encoding="utf-8") as log:
-        for index in tqdm(todo, desc="evaluate", unit="image", initial=len(names) - len(todo), total=len(names)):
+    mine = todo[rank::world]
+    own = out / (LOG_FILE if world == 1 else RANK_LOG_FILE.format(rank))
+    if mine or own.exists() or (rank == 0 and not had_logs):  # a new run records its settings, even with nothing to do
+        _prepare_log(own, recorded)
+    progress = (dict(desc="evaluate", initial=len(names) - len(todo), total=len(names)) if world == 1 else
+                dict(desc=f"evaluate (rank 0 of {world})", total=len(mine)))
+    with open(own, "a", encoding="utf-8") if mine else contextlib.nullcontext() as log:
+        for index in tqdm(mine, unit="image", disable=rank != 0, **progress):
             sample = dataset[index]
             start = time.perf_counter()
             if len(sample.masks):
@@ -307,6 +346,15 @@ def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, li
             log.write(json.dumps(entry) + "\n")
             log.flush()
             done[sample.name] = entry
+    distributed.barrier()  # every process's records are written
+    if rank != 0:
+        return None
+    if world > 1:
+        done = read_logs(out, recorded)
+    missing = [name for name in names if name not in done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} images have no record in {out} after the run (e.g. {missing[0]!r}); "
+                           "under torchrun on several nodes --out must be a folder every process shares.")
     entries = [done[name] for name in names]
     records = aggregate(entries, defenses, settings)
     results = {"header": {**recorded, "limit": limit, "images": sum(1 for e in entries if e["instances"]),
@@ -323,33 +371,62 @@ def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, li
     return results
 
 
-def _open_log(path: Path, recorded: dict) -> dict[str, dict]:
-    """Entries already in the log (by image name); a new log starts with the settings line."""
-    if not path.exists() or not path.read_text(encoding="utf-8").strip():
-        path.write_text(json.dumps(recorded) + "\n", encoding="utf-8")
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError:
-        raise ValueError(f"{path}: the first line is not the settings header; use another --out.") from None
-    if header != recorded:
-        old, new = header.get("settings", {}), recorded["settings"]
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        raise ValueError(f"{path.parent} holds results of other settings (differing: {', '.join(changed)}); "
-                         f"use another --out or delete {path}.")
-    done = {}
-    for number, line in enumerate(lines[1:], start=2):
+def log_files(out: Path) -> list[Path]:
+    """The per-image logs in ``out``: a single process's, then one per rank of distributed runs (any number of
+    processes: a run may be resumed with another)."""
+    ranks = sorted((int(m.group(1)), path) for path in out.glob(RANK_LOG_FILE.format("*"))
+                   if (m := re.fullmatch(r"per_image\.rank(\d+)\.jsonl", path.name)))
+    single = out / LOG_FILE
+    return ([single] if single.exists() else []) + [path for _, path in ranks]
+
+
+def read_logs(out: Path, recorded: dict) -> dict[str, dict]:
+    """Entries already in the logs of ``out`` (by image name; the first record of an image counts). Reads only:
+    a partial last line (an interrupted write) is left out, and the file is repaired by its writer."""
+    done: dict[str, dict] = {}
+    for path in log_files(out):
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            continue
+        lines = text.splitlines()
         try:
-            entry = json.loads(line)
+            header = json.loads(lines[0])
         except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f"{path}: line {number} is not valid JSON; delete the file to start over.") from None
-            # an interrupted write: drop the partial last line, that image is evaluated again
-            path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
-            break
-        done[entry["name"]] = entry
+            raise ValueError(f"{path}: the first line is not the settings header; use another --out.") from None
+        if header != recorded:
+            old, new = header.get("settings", {}), recorded["settings"]
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise ValueError(f"{path.parent} holds results of other settings (differing: {', '.join(changed)}); "
+                             f"use another --out or delete {path}.")
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{path}: line {number} is not valid JSON; delete the file to start over.") from None
+                break  # an interrupted write: that image is evaluated again
+            done.setdefault(entry["name"], entry)
     return done
+
+
+def _prepare_log(path: Path, recorded: dict) -> None:
+    """Make ``path`` ready for appending: a new log starts with the settings line; an interrupted last line is
+    dropped (or, when complete but unterminated, ended). Replaced atomically: other processes may be reading."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    lines = old.splitlines()
+    if not old.strip():
+        lines = [json.dumps(recorded)]
+    elif len(lines) > 1:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    text = "\n".join(lines) + "\n"
+    if text == old:
+        return
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _jsonable(value):
