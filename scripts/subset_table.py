@@ -1,4 +1,4 @@
-"""The defense table of an ``evaluate`` run restricted to its images after the first ``--skip``.
+"""The headline table (worst case per object) of an ``evaluate`` run restricted to its images after the first ``--skip``.
 
 An adapter chosen among variants on the first N held-out scenes is checked on scenes it was not
 chosen on: evaluate ``scenes:M`` (M > N), then pool only images N+1..M (the per-image raw
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from make_results import defense_table  # noqa: E402
+from make_results import headline_table  # noqa: E402
 
 from samdemo.evaluate import Defense, Settings, aggregate  # noqa: E402
 
@@ -40,9 +40,7 @@ def main(argv=None) -> int:
     records = aggregate(kept, defenses, Settings(**{k: v for k, v in settings.items() if k in names}))
     print(f"{settings['model']}: images {args.skip + 1}-{len(entries)} ({len(kept)} images, "
           f"{sum(e['instances'] for e in kept)} instances)")
-    refs = [d["ref"] for d in settings["defenses"] if d["ref"]]
-    adapters_dir = ROOT / Path(refs[0]).parent if refs else ROOT / "checkpoints"  # where the configs are
-    print("\n".join(defense_table(records, settings["model"], adapters_dir)))
+    print("\n".join(headline_table(records, list(settings["prompts"]))))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"source": str(args.run), "skip": args.skip, "images": len(kept),
