@@ -157,6 +157,8 @@ def test_painted_mask_from_editor_layers():
     for empty in (None, {"layers": []}, {"layers": [np.zeros((8, 8, 4), np.uint8)]}):
         with pytest.raises(UserError, match="Nothing painted"):
             painted_mask(empty, (64, 64))
+    with pytest.raises(UserError, match="no transparency channel"):  # an RGB layer sent through the API
+        painted_mask({"layers": [np.full((64, 64, 3), 255, np.uint8)]}, (64, 64))
     session = Session()
     set_image(session, np.zeros((64, 64, 3), np.uint8))
     set_painted(session, mask, as_ground_truth=True)

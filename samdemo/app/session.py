@@ -184,13 +184,17 @@ def painted_mask(editor_value, hw: tuple[int, int]) -> np.ndarray:
     if not editor_value:
         raise UserError("Nothing painted: paint over the object in the 'Paint a mask' tab first.")
     layers = editor_value.get("layers") if isinstance(editor_value, dict) else None
-    alpha = None
+    alpha, without_alpha = None, 0
     for layer in layers or []:
         layer = np.asarray(layer)
         if layer.ndim != 3 or layer.shape[2] < 4:
+            without_alpha += 1
             continue
         a = layer[..., 3].astype(np.float32) / 255.0
         alpha = a if alpha is None or alpha.shape != a.shape else np.maximum(alpha, a)
+    if alpha is None and without_alpha:  # sent through the API: the strokes are a layer's opaque pixels
+        raise UserError("A painted layer must be an RGBA image whose opaque pixels are the strokes; the layer "
+                        "sent has no transparency channel.")
     if alpha is None or not (alpha > 0).any():
         raise UserError("Nothing painted: paint over the object in the 'Paint a mask' tab first.")
     h, w = hw
