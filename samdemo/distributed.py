@@ -95,3 +95,30 @@ def agree(flag: bool) -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def total(value: torch.Tensor) -> float:
+    """The sum of a scalar over all processes."""
+    if not dist.is_initialized():
+        return float(value.detach())
+    summed = value.detach().float().reshape(1).to(_collective_device())
+    dist.all_reduce(summed)
+    return float(summed)
+
+
+def sum_gradients(parameters) -> None:
+    """Replace each parameter's gradient by its sum over all processes, in one all-reduce.
+
+    For a few parameters trained through hooks inside a frozen model (an adapter), where a
+    DistributedDataParallel wrapper would also fire during the attacks' backward passes. Each
+    process's loss must be its share of the global loss (its sum over the global count), so the
+    summed gradient is the gradient of the global loss. A missing gradient counts as zeros, so
+    every process takes part in the same collective."""
+    if not dist.is_initialized():
+        return
+    parameters = [p for p in parameters if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(_collective_device())
+    dist.all_reduce(flat)
+    for p, chunk in zip(parameters, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p).to(p.device, p.dtype)

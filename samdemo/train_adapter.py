@@ -25,10 +25,12 @@ Optimiser: Adam, one group per trainable tensor with learning rate ``lr x`` a pe
 (``Adapter.param_groups``: svd ``mean(s_base)``; full ``rms(W)``; lora ``rms(A)`` for A and
 ``||W||_F / (sqrt(out) ||A||_F)`` for B), so that one step changes each W by about
 ``lr x ||W||_F`` whatever the method: a relative step, the same for every method, layer and
-model size. Linear warm-up, cosine decay to 10 %. Seeds: per-step streams ``(seed, step)``
-for data, prompts and attacks (and LoRA's initial A: ``seed``), so a resumed run repeats an
-uninterrupted one. Checkpoints (``RUN_DIR/state.pt``, read back with ``weights_only=True``)
-every ``--checkpoint-every`` steps; ``RUN_DIR/log.json`` holds the method, the loss per step
+model size. Linear warm-up, cosine decay to 10 %. Seeds: per-image streams ``(seed, step,
+position in the batch)`` for prompts and per-image attack seeds (and LoRA's initial A: ``seed``),
+so a resumed run repeats an uninterrupted one, and ``torchrun --nproc-per-node N`` (each process
+takes every N-th image of the global batch, gradients summed over processes) trains as one process.
+Checkpoints (``RUN_DIR/state.pt``, read back with ``weights_only=True``) every
+``--checkpoint-every`` steps; ``RUN_DIR/log.json`` holds the method, the loss per step
 and the held-out evaluation: clean mIoU (``quality.prompt_quality``) and mIoU after
 each ``--eval-attacks`` attack crafted against the model being evaluated (step 0 = the
 original model). The result is an adapter folder (``--out``, default
@@ -64,6 +66,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from samdemo import distributed
 from samdemo.defense import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_adapter, save_adapter
 from samdemo.attacks.base import eps_from_255
 from samdemo.pipeline import AttackRequest, craft
@@ -105,6 +108,7 @@ class AdapterTrainConfig:
     eval_attack_steps: int = 10
     checkpoint_every: int = 10
     minutes: float = 0.0  # stop (resumably) after this wall time; 0 = no limit
+    device: str = ""  # "" = cuda when there is one, else cpu; under torchrun each process on its local GPU
 
     def attack_list(self) -> list[str]:
         return [a.strip() for a in self.attacks.split(",") if a.strip()]
@@ -204,9 +208,10 @@ def instance_prompts(masks: np.ndarray, instances: int, rng: np.random.Generator
     return prompts, np.stack(targets)
 
 
-def prompted_loss(engine: SegmentEngine, images: torch.Tensor, prompts: list[list[Prompt]],
-                  targets: list[np.ndarray]) -> torch.Tensor:
-    """Mean ``segmentation_loss`` of every prompt of every image (one encoder pass for the batch).
+def prompted_losses(engine: SegmentEngine, images: torch.Tensor, prompts: list[list[Prompt]],
+                    targets: list[np.ndarray]) -> torch.Tensor:
+    """The ``segmentation_loss`` of every prompt of every image, P values in prompt order (one
+    encoder pass for the B x 3 x H x W batch; ``targets[b]``: len(prompts[b]) x H x W masks).
 
     A lone point is scored by the best of its three multimask outputs (SAM's ambiguity-aware
     training), every other prompt by the single-mask output (token 0).
@@ -220,7 +225,7 @@ def prompted_loss(engine: SegmentEngine, images: torch.Tensor, prompts: list[lis
         per_token = segmentation_loss(logits, target[:, None].expand_as(logits), prediction.iou_all)
         single_point = torch.tensor([p.is_single_point for p in group], device=per_token.device)
         losses.append(torch.where(single_point, per_token[:, 1:].min(1).values, per_token[:, 0]))
-    return torch.cat(losses).mean()
+    return torch.cat(losses)
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -277,45 +282,70 @@ def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | 
 
 
 # ---------------------------------------------------------------------- training
-def build_engine(cfg: AdapterTrainConfig) -> SegmentEngine:
-    """The engine ``cfg`` names: a registry model, or a random one of the ``--arch`` YAML."""
+def build_engine(cfg: AdapterTrainConfig, device: str | None = None) -> SegmentEngine:
+    """The engine ``cfg`` names on ``device``: a registry model, or a random one of the ``--arch`` YAML."""
     from samdemo.factory import load_engine, random_engine
 
-    return random_engine(cfg.arch, cfg.seed) if cfg.arch else load_engine(cfg.model)
+    if not cfg.arch:
+        return load_engine(cfg.model, device=device)
+    engine = random_engine(cfg.arch, cfg.seed)
+    engine.model.to(device or "cpu")
+    return engine
+
+
+def image_seed(cfg: AdapterTrainConfig, step: int, position: int) -> int:
+    """The attack seed of image ``position`` of the global batch of ``step`` (0-based): per image, so
+    that an image faces the same attack whichever process crafts it."""
+    return cfg.seed * 1_000_003 + step * cfg.batch + position
 
 
 def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None = None, resume: bool = True,
                   engine: SegmentEngine | None = None) -> dict:
     """Train (or resume) in ``run_dir``; write the adapter folder to ``out_dir``. Returns the log.
 
-    ``engine``: an existing engine (default: built from ``cfg.model`` / ``cfg.arch``).
+    ``engine``: an existing engine (default: built from ``cfg.model`` / ``cfg.arch`` on ``cfg.device``).
+
+    Under ``torchrun --nproc-per-node N`` process r takes images r, r + N, ... of every global
+    batch of ``cfg.batch`` images, crafts their attacks (per-image seeds, :func:`image_seed`) and
+    its share of the loss; the adapter's gradients are summed over the processes
+    (``distributed.sum_gradients``), so N processes train as one. Process 0 alone evaluates and
+    writes the checkpoint, the log and the adapter folder.
     """
     for name in cfg.attack_list() + cfg.eval_attack_list():
         AttackRequest(attack=name, eps255=cfg.eps)  # unknown names and a bad epsilon: a clear error before any work
     if not cfg.attack_list():
         raise ValueError("--attacks is empty: give at least one attack to train against.")
+    world = distributed.world_size()
+    if cfg.batch % world:
+        raise ValueError(f"--batch {cfg.batch} must be a multiple of the number of processes ({world}).")
     torch.manual_seed(cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    engine = engine or build_engine(cfg)
-    engine.model.eval()
-    size = cfg.image_size or engine.image_size
-    data = SceneData(size) if cfg.data == "scenes" else FolderData(Path(cfg.data), engine, size, cfg.eval_scenes)
-    eval_set = data.heldout(cfg.eval_scenes)
-
-    adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
-                            rank=cfg.update_rank(), seed=cfg.seed)
+    distributed.setup(cfg.device)
     try:
-        return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        engine = engine or build_engine(cfg, distributed.local_device(cfg.device))
+        engine.model.eval()
+        size = cfg.image_size or engine.image_size
+        data = SceneData(size) if cfg.data == "scenes" else FolderData(Path(cfg.data), engine, size, cfg.eval_scenes)
+        eval_set = data.heldout(cfg.eval_scenes)
+
+        adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
+                                rank=cfg.update_rank(), seed=cfg.seed)
+        try:
+            return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set)
+        finally:
+            adapter.remove()
     finally:
-        adapter.remove()
+        distributed.teardown()
 
 
 def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_set) -> dict:
+    rank, world = distributed.group()
     optimizer = torch.optim.Adam(adapter.param_groups(cfg.lr))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(cfg.steps, 1))))))
     state_path, log_path = run_dir / "state.pt", run_dir / "log.json"
-    log: dict = {"config": asdict(cfg), "model": engine.name, "data": data.description, "method": adapter.method,
+    log: dict = {"config": asdict(cfg), "processes": world, "model": engine.name, "data": data.description,
+                 "method": adapter.method,
                  "layers": adapter.names, "num_trainable": adapter.num_trainable,
                  "fingerprint": adapter.config.fingerprint, "train": [], "eval": [], "seconds": 0.0}
     step = 0
@@ -335,64 +365,77 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         schedule.load_state_dict(state["schedule"])
         step = int(state["step"])
         log = json.loads(log_path.read_text())
+        log.setdefault("resumed", []).append({"step": step, "processes": world})
 
     def save():
+        if rank != 0:
+            return
         torch.save({"method": adapter.method, "layers": adapter.names, "adapter": adapter.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step,
                     "fingerprint": adapter.config.fingerprint}, state_path)
         log_path.write_text(json.dumps(log, indent=1))
 
     def run_eval():
-        result = heldout_quality(engine, eval_set, cfg)
-        adapter.refresh_tag()
-        log["eval"].append({"step": step, "seconds": round(log["seconds"], 1)} | result)
-        tqdm.write(f"step {step}: held-out mIoU {_summary(result)}")
-        save()
+        if rank == 0:
+            result = heldout_quality(engine, eval_set, cfg)
+            adapter.refresh_tag()
+            log["eval"].append({"step": step, "seconds": round(log["seconds"], 1)} | result)
+            tqdm.write(f"step {step}: held-out mIoU {_summary(result)}")
+            save()
 
     start, seconds_before = time.time(), log["seconds"]
     if cfg.eval_every and not any(e["step"] == 0 for e in log["eval"]) and step == 0:
         run_eval()  # the original model (adapter at identity)
     names = cfg.attack_list()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train-adapter {engine.name}")
+    positions = range(rank, cfg.batch, world)  # this process's images of every global batch
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train-adapter {engine.name}", disable=rank != 0)
     while step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, step])
-        indices = [step * cfg.batch + i for i in range(cfg.batch)]
+        # one random stream per image of the global batch: any number of processes draws the same prompts
+        rngs = [np.random.default_rng([cfg.seed, step, position]) for position in positions]
+        indices = [step * cfg.batch + position for position in positions]
         samples = [data.train(i % cfg.train_pool if cfg.train_pool else i) for i in indices]
-        prompts, targets = zip(*(instance_prompts(s.masks, cfg.instances, rng) for s in samples))
+        prompts, targets = zip(*(instance_prompts(s.masks, cfg.instances, rng) for s, rng in zip(samples, rngs)))
+        prompts, targets = [list(p) for p in prompts], list(targets)
         images = torch.cat([image_to_tensor(s.image) for s in samples]).to(engine.device)
+        # each process's loss is its share of the global mean: its sum over the global number of prompts
+        count = distributed.total(torch.tensor(float(sum(len(p) for p in prompts))))
         name = names[step % len(names)]
-        optimizer.zero_grad(set_to_none=True)
         if cfg.adv_weight:
-            request = AttackRequest(attack=name, eps255=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
-                                    seed=cfg.seed * 1_000_003 + step)
-            adv = craft(request, engine, images, [list(p) for p in prompts]).adv_images.to(engine.device)
-            optimizer.zero_grad(set_to_none=True)  # the attack may have left gradients on the adapter
-            loss_adv = prompted_loss(engine, adv, list(prompts), list(targets))
+            adv = torch.cat([
+                craft(AttackRequest(attack=name, eps255=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
+                                    seed=image_seed(cfg, step, position)), engine, images[i:i + 1], [prompts[i]]
+                      ).adv_images for i, position in enumerate(positions)]).to(engine.device)
+            loss_adv = prompted_losses(engine, adv, prompts, targets).sum() / count
         else:  # clean-only fine-tuning (a control): no attack is crafted
             name, loss_adv = "none", torch.zeros((), device=engine.device)
-        loss_clean = prompted_loss(engine, images, list(prompts), list(targets))
+        loss_clean = prompted_losses(engine, images, prompts, targets).sum() / count
         loss = cfg.adv_weight * loss_adv + cfg.clean_weight * loss_clean
+        optimizer.zero_grad(set_to_none=True)  # the attacks may have left gradients on the adapter
         loss.backward()
+        distributed.sum_gradients(adapter.parameters())
         optimizer.step()
         schedule.step()
         step += 1
+        values = [distributed.total(part) for part in (loss, loss_adv, loss_clean)]
         log["seconds"] = seconds_before + time.time() - start
-        log["train"].append([step, round(loss.item(), 5), round(loss_adv.item(), 5), round(loss_clean.item(), 5), name])
+        log["train"].append([step, *(round(v, 5) for v in values), name])
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", adv=f"{loss_adv.item():.3f}", clean=f"{loss_clean.item():.3f}",
-                        attack=name)
+        bar.set_postfix(loss=f"{values[0]:.4f}", adv=f"{values[1]:.3f}", clean=f"{values[2]:.3f}", attack=name)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             run_eval()
         elif step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save()
-        if cfg.minutes and time.time() - start > cfg.minutes * 60 and step < cfg.steps:
+        # every process stops at the same step: process 0's clock decides
+        if cfg.minutes and distributed.agree(time.time() - start > cfg.minutes * 60) and step < cfg.steps:
             save()
-            tqdm.write(f"stopping after {cfg.minutes} minutes at step {step}; rerun to resume")
+            if rank == 0:
+                tqdm.write(f"stopping after {cfg.minutes} minutes at step {step}; rerun to resume")
             break
     bar.close()
     adapter.refresh_tag()
     save()
-    if out_dir is not None and step >= cfg.steps:
+    distributed.barrier()  # process 0 may still be evaluating or writing: the others wait before leaving
+    if rank == 0 and out_dir is not None and step >= cfg.steps:
         from samdemo.plots import singular_value_plot
 
         evals = log["eval"]

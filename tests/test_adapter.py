@@ -382,7 +382,7 @@ def _train_cfg(**kw):
 def _fixed_batch_loss(engine, cfg):
     from samdemo.attacks import ATTACKS
     from samdemo.engine import image_to_tensor
-    from samdemo.train_adapter import SceneData, instance_prompts, prompted_loss
+    from samdemo.train_adapter import SceneData, instance_prompts, prompted_losses
 
     data = SceneData(engine.image_size)
     rng = np.random.default_rng(123)
@@ -391,8 +391,8 @@ def _fixed_batch_loss(engine, cfg):
     x = torch.cat([image_to_tensor(s.image) for s in samples])
     adv = ATTACKS["feature"](engine, steps=2, seed=5).forward(x).adv_images
     with torch.no_grad():
-        return float(prompted_loss(engine, adv, list(prompts), list(targets))
-                     + prompted_loss(engine, x, list(prompts), list(targets)))
+        return float(prompted_losses(engine, adv, list(prompts), list(targets)).mean()
+                     + prompted_losses(engine, x, list(prompts), list(targets)).mean())
 
 
 def test_train_adapter_decreases_its_loss_and_writes_an_adapter(tmp_path):
@@ -443,7 +443,7 @@ def test_train_adapter_resumes_to_the_same_result(tmp_path):
     real_craft = training.craft
 
     def crashing_at_step_5(request, *args, **kwargs):
-        if request.seed == cfg.seed * 1_000_003 + 4:  # step 5 of 6; the last checkpoint is step 4
+        if request.seed == training.image_seed(cfg, 4, 0):  # step 5 of 6; the last checkpoint is step 4
             raise KeyboardInterrupt
         return real_craft(request, *args, **kwargs)
 
