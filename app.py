@@ -1,4 +1,4 @@
-"""samdemo web app: `python app.py [--host H] [--port P] [--share] [--model NAME]`.
+"""samdemo web app: `python app.py [--host H] [--port P] [--share] [--model NAME] [--device cpu|cuda[:N]]`.
 
 Only the layout and the wiring of components to handlers live here; every handler is in the
 ``samdemo.app`` package (tested without a browser).
@@ -15,14 +15,14 @@ import gradio as gr  # noqa: E402
 
 from samdemo.app.actions import TARGET_ORIGINAL  # noqa: E402
 from samdemo.app.handlers import Lab  # noqa: E402
-from samdemo.app.models import ADAPTER_HUB, APP_MODELS, AdapterChoice, model_choices  # noqa: E402
+from samdemo.app.models import ADAPTER_HUB, APP_MODELS, AdapterChoice, ModelManager, model_choices  # noqa: E402
 from samdemo.app.session import MODE_POSITIVE, PROMPT_MODES, Session  # noqa: E402
 from samdemo.app.text import (ADAPTER_CHOICES, ATTACK_CHOICES, ATTACK_HELP_MD, CURVE_HELP_MD,  # noqa: E402
                               EVERYTHING_HELP_MD, GENERATOR_CHOICES, INTRO_MD, PROMPT_HELP_MD, TABLE_HEADERS,
                               TARGET_CHOICES)
 from samdemo.app.widgets import NumberInput, SliderInput, paint_editor, upload_image  # noqa: E402
 from samdemo.pipeline import DEFAULT_ATTACK  # noqa: E402
-from samdemo import limits  # noqa: E402
+from samdemo import distributed, limits  # noqa: E402
 from samdemo.build import DEFAULT_MODEL  # noqa: E402
 from samdemo.errors import UserError  # noqa: E402
 
@@ -216,10 +216,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--adapter-repo", default=os.environ.get("SAMDEMO_ADAPTER_REPO", ""),
                         help="robust model at start: a Hub adapter owner/name[@revision] (default: "
                              "$SAMDEMO_ADAPTER_REPO, else the shipped adapter)")
+    distributed.add_device_argument(parser, default=os.environ.get("SAMDEMO_DEVICE", ""))
     args = parser.parse_args(argv)
     try:
         args.adapter = AdapterChoice.from_spec(args.adapter_repo)
-    except UserError as error:
+        args.device = distributed.check_device(args.device)
+    except (UserError, ValueError) as error:
         parser.error(str(error))
     return args
 
@@ -227,7 +229,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     limits.limit_malloc_arenas()  # before the server's threads start: memory stays flat under load
-    lab = Lab()
+    lab = Lab(ModelManager(device=args.device))
     lab.preload(args.model)
     build_demo(lab, args.model, args.adapter).launch(server_name=args.host, server_port=args.port, share=args.share,
                                        theme=gr.themes.Soft(), css=CSS, **LAUNCH_LIMITS)

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from samdemo import distributed
+
 # command -> module exposing configure_parser(parser) and run(args) -> exit code
 COMMANDS = {
     "train-base": "samdemo.train_base",
@@ -28,6 +30,8 @@ def main(argv=None) -> int:
         module.configure_parser(sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0]))
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "device"):  # every command that runs a model: an unusable device is one clear line
+            args.device = distributed.check_device(args.device)
         return modules[args.command].run(args)
     except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from samdemo import distributed
+
 CONTROL_KINDS = ("shuffled",)
 
 
@@ -38,7 +40,8 @@ def shuffled_values(values: dict[str, tuple[torch.Tensor, torch.Tensor]], traine
     return out
 
 
-def make_control(adapter_folder: str | Path, out: str | Path, kind: str = "shuffled", seed: int = 0) -> Path:
+def make_control(adapter_folder: str | Path, out: str | Path, kind: str = "shuffled", seed: int = 0,
+                 device: str | None = None) -> Path:
     """Write the ``kind`` control of the SVD adapter in ``adapter_folder`` to ``out`` (an adapter folder that
     loads like any other, its config saying what it is)."""
     from samdemo.defense import AdapterError, load_adapter_folder, read_adapter_folder, save_adapter
@@ -50,7 +53,7 @@ def make_control(adapter_folder: str | Path, out: str | Path, kind: str = "shuff
     files = read_adapter_folder(adapter_folder)
     if files.config.method != "svd":
         raise AdapterError(f"{adapter_folder} is not an SVD adapter; the shuffled control permutes singular values.")
-    engine = load_engine(files.config.base_model)
+    engine = load_engine(files.config.base_model, device=device)
     adapter = load_adapter_folder(engine, adapter_folder)
     trained = {layer.name: layer.rank for layer in adapter.layers}
     adapter.set_singular_values(shuffled_values(adapter.singular_values(), trained, seed))
@@ -65,8 +68,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the control's adapter folder")
     parser.add_argument("--kind", default="shuffled", choices=CONTROL_KINDS)
     parser.add_argument("--seed", type=int, default=0)
+    distributed.add_device_argument(parser)
 
 
 def run(args) -> int:
-    print(f"-> {make_control(args.adapter, args.out, args.kind, args.seed)}")
+    print(f"-> {make_control(args.adapter, args.out, args.kind, args.seed, args.device)}")
     return 0

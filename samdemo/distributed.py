@@ -25,6 +25,37 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DEVICE_HELP = ("cpu | cuda | cuda:N; default cuda when there is one, else cpu (under torchrun --device cuda: each "
+               "process on its local rank's GPU)")
+
+
+def add_device_argument(parser, default: str = "") -> None:
+    """``--device`` of every command that runs a model; :func:`check_device` reads it."""
+    parser.add_argument("--device", default=default, help=DEVICE_HELP)
+
+
+def check_device(device: str) -> str:
+    """``device`` ("" = :func:`default_device`) if this machine has it; ValueError with one line otherwise.
+
+    "cuda" stays unindexed, so that :func:`local_device` gives each torchrun process its own GPU."""
+    device = (device or default_device()).strip()
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type != "cuda":
+        raise ValueError(f"--device {device}: samdemo runs on cpu or cuda[:N].")
+    if not torch.cuda.is_available():
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(f"--device {device}: CUDA is not available on this machine ({why}); use --device cpu.")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}.")
+    return device
+
+
 def local_device(device: str = "") -> str:
     """``device`` ("" = cuda when there is one), with this process's GPU index under torchrun."""
     device = device or default_device()

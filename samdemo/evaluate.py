@@ -156,8 +156,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                         help=f"downscale larger images to this longest side, default {DEFAULT_MAX_SIDE}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="", help="cpu | cuda | cuda:N; default cuda when there is one "
-                                                      "(under torchrun: each process on its local rank's GPU)")
+    distributed.add_device_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
 
 

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from samdemo import distributed
 from samdemo.attacks.base import eps_from_255
 from samdemo.engine import SegmentEngine
 from samdemo.errors import AttackCancelled
@@ -172,6 +173,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--generator", default="pgd", choices=list(GENERATORS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    distributed.add_device_argument(parser)
 
 
 def run(args) -> int:
@@ -190,7 +192,7 @@ def run(args) -> int:
     image, shown_hw = read_user_image(args.image)
     h, w = image.shape[:2]
     prompt = user_prompts(args, shown_hw, w / shown_hw[1]) or point_prompt(w / 2, h / 2)
-    original = load_engine(args.model, frozen=True)
+    original = load_engine(args.model, device=args.device, frozen=True)
     folder = args.adapter or CHECKPOINT_DIR / f"{args.model}-adapter"
     robust = None
     if folder.is_dir():

@@ -506,6 +506,8 @@ def configure_parser(parser) -> None:
                                 help="L-inf budget in 1/255 units like every command (default 8; 8/255 also reads)")
         elif name == "method":
             parser.add_argument(flag, choices=METHODS, default=default, help=f"{HELP[name]} (default: {default})")
+        elif name == "device":
+            distributed.add_device_argument(parser)
         else:
             parser.add_argument(flag, type=type(default), default=default,
                                 help=f"{HELP.get(name, '')} (default: {default})".strip())

@@ -289,7 +289,9 @@ def configure_parser(parser) -> None:
     for name, default in asdict(BaseTrainConfig()).items():
         if name in ("family", "config"):
             continue
-        if isinstance(default, bool):
+        if name == "device":
+            distributed.add_device_argument(parser)
+        elif isinstance(default, bool):
             parser.add_argument(f"--{name.replace('_', '-')}", action="store_true")
         else:
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)

@@ -107,26 +107,27 @@ def _hub_cached(spec) -> bool:
         return False
 
 
-def default_engine_factory(cache: EmbeddingCache) -> Callable[[str], SegmentEngine]:
-    """Registry models by name (``samdemo.factory.load_engine``), sharing ``cache``."""
+def default_engine_factory(cache: EmbeddingCache, device: str | None = None) -> Callable[[str], SegmentEngine]:
+    """Registry models by name (``samdemo.factory.load_engine``) on ``device`` (None: cuda when there is
+    one), sharing ``cache``."""
     from samdemo.factory import load_engine
 
-    return lambda name: load_engine(name, cache=cache)
+    return lambda name: load_engine(name, device=device, cache=cache)
 
 
 class ModelManager:
     """Original and robust engines, built once per process and shared by every session.
 
     ``factory(name) -> SegmentEngine`` builds an original model (default: the registry's weights,
-    downloaded on demand). Engines are kept for at most ``max_models`` model names (LRU).
+    downloaded on demand, on ``device``). Engines are kept for at most ``max_models`` model names (LRU).
     Shipped adapters are read from ``adapter_root/<model>-adapter/`` (default ``checkpoints/``).
     """
 
     def __init__(self, factory: Callable[[str], SegmentEngine] | None = None, max_models: int = 2,
-                 cache: EmbeddingCache | None = None, adapter_root: Path | None = None):
+                 cache: EmbeddingCache | None = None, adapter_root: Path | None = None, device: str | None = None):
         self.cache = cache if cache is not None else EmbeddingCache(int(limits.EMBEDDING_CACHE_MB * 2**20))
         self.adapter_root = Path(adapter_root) if adapter_root is not None else CHECKPOINT_DIR
-        self.factory = factory or default_engine_factory(self.cache)
+        self.factory = factory or default_engine_factory(self.cache, device)
         self.max_models = max_models
         self._engines: dict[str, SegmentEngine] = {}
         self._robust: dict[tuple[str, AdapterChoice], RobustModel | None] = {}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samdemo import distributed
 from samdemo.attacks.base import DEFAULT_STEPS, EPS_MAX_255
 
 
@@ -57,6 +58,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="craft the attack on the original model (default) or on the robust one (adaptive)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-random-start", action="store_true")
+    distributed.add_device_argument(parser)
 
 
 def read_user_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
@@ -147,7 +149,7 @@ def run(args) -> int:
     image, shown_hw = read_user_image(args.image)
     h, w = image.shape[:2]
     prompt = user_prompts(args, shown_hw, w / shown_hw[1])
-    engine = load_engine(args.model, args.weights, frozen=True)
+    engine = load_engine(args.model, args.weights, device=args.device, frozen=True)
     engines = {"original": engine}
     if args.adapter:
         engines["robust"] = robust_engine(engine, args.model, args.adapter)
@@ -200,6 +202,7 @@ def main(argv=None) -> int:
     configure_parser(parser)
     args = parser.parse_args(argv)
     try:
+        args.device = distributed.check_device(args.device)
         return run(args)
     except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
