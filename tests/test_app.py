@@ -20,7 +20,7 @@ import torch
 
 from samdemo.app.actions import AttackJob, PANEL_KEYS, TARGET_ROBUST, run_attack
 from samdemo.app.examples import ASSETS_DIR, read_example
-from samdemo.app.handlers import Lab, TRANSFER_ROWS, gpu
+from samdemo.app.handlers import Lab, TRANSFER_ROWS
 from samdemo.app.models import AdapterChoice, ModelManager, model_choices
 from samdemo.app.render import perturbation_image, render_overlay, transfer_figure
 from samdemo.app.session import (MODE_BOX, MODE_MASK, MODE_NEGATIVE, MODE_POSITIVE, PromptState, Session,
@@ -481,13 +481,3 @@ def test_paint_handlers(lab):
     assert "Clean mask" in status and session.prompts.mask is not None
     with pytest.raises(gr.Error, match="Nothing painted"):
         lab.on_paint_prompt(session, {"layers": []}, "sam-small")
-
-
-def test_gpu_decorator_is_a_no_op_without_spaces():
-    def fn(x):
-        return x + 1
-
-    try:
-        import spaces  # noqa: F401
-    except ImportError:
-        assert gpu(60)(fn) is fn
