@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import zlib
@@ -785,8 +786,6 @@ def test_a_client_that_goes_away_stops_its_attack_before_the_lane_frees(url, how
         attack.wait_for(1, 60)
         submitted["job"] = waiting.submit(*ATTACK_SETTINGS, 1, "original", api_name="/attack")
 
-    import threading
-
     submitter = threading.Thread(target=submit_when_running)
     submitter.start()
     client_that_goes_away(url, how, leaving.session_hash, attack)
@@ -917,15 +916,17 @@ def real_url():
 
 
 def test_soak_sessions_never_see_each_others_results(real_url, tmp_path, record_property):
-    """8 concurrent sessions, 2 rounds, real sam-small: every canvas, mask and adversarial PNG belongs to
-    its own session (see benchmarks/soak.py, which runs the long version against `python app.py`)."""
+    """8 concurrent sessions, 2 rounds, real sam-small: every canvas, mask, painted mask (a prompt and a
+    ground truth in the second round) and adversarial PNG belongs to its own session (see
+    benchmarks/soak.py, which runs the long version against `python app.py`)."""
     from benchmarks.soak import rss_mb, run_round
 
     clients, rss, seconds = {}, [rss_mb()], []
     for round_ in range(2):
-        result = run_round(real_url, round_, 8, tmp_path, clients)
+        paints = 2 * round_  # the second round also paints a mask prompt and a ground truth per session
+        result = run_round(real_url, round_, 8, tmp_path, clients, paints=paints)
         assert not result["failures"], result["failures"]
-        assert len(result["latency_s"]["attack"]) == 8
+        assert len(result["latency_s"]["attack"]) == 8 and len(result["latency_s"]["paint"]) == 8 * paints
         rss.append(rss_mb())
         seconds.append(round(result["seconds"], 2))
     record_property("soak_rss_mb_per_round", [round(v) for v in rss])
