@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import zlib
@@ -672,48 +673,176 @@ def test_client_out_of_memory_and_time_limit(client, monkeypatch):  # noqa: F811
     assert "Timings" in outputs[-1]
 
 
+class SlowAttack:
+    """Stands in for the app's ``run_attack`` (the server runs in this process): waits up to ``seconds``
+    for its cancel event and records, per attack (its seed), when it started and how it ended:
+    ``events`` holds ``(what, seed, time.monotonic())`` with what = start, stopped (it saw the cancel
+    event) or ran on (nothing stopped it)."""
+
+    def __init__(self, seconds: float = 30):
+        self.seconds = seconds
+        self.events: list[tuple[str, int, float]] = []
+
+    def __call__(self, manager, job, image, prompts, progress=None, cancel=None):
+        from samdemo.errors import AttackCancelled
+
+        seed = job.request.seed
+        self.events.append(("start", seed, time.monotonic()))
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            if cancel.is_set():
+                self.events.append(("stopped", seed, time.monotonic()))
+                raise AttackCancelled()
+            time.sleep(0.01)
+        self.events.append(("ran on", seed, time.monotonic()))
+        raise AttackCancelled()
+
+    def wait_for(self, count: int, seconds: float = 20) -> list[tuple[str, int]]:
+        deadline = time.monotonic() + seconds
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [(what, seed) for what, seed, _ in self.events]
+
+    def when(self, what: str, seed: int) -> float:
+        return next(t for w, s, t in self.events if (w, s) == (what, seed))
+
+
+ATTACK_SETTINGS = ("sam-small", "none", "", "", "mask", "pgd", 8, 2)  # then the seed (names the attack), target
+
+
 def test_gradio_cancel_stops_the_attack_before_the_lane_frees(client, monkeypatch):  # noqa: F811
     """gradio_client's job.cancel() (Gradio's own cancel, not the app's button): the attack thread sees
     its cancel event and stops, and the next attack starts only after it stopped (one at a time)."""
-    import time
-
-    from samdemo.errors import AttackCancelled
-
-    events = []
-
-    def slow_attack(*args, **kwargs):  # run_attack(manager, job, image, prompts, progress, cancel)
-        cancel = args[5]
-        events.append(("start", time.monotonic()))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if cancel.is_set():
-                events.append(("stopped", time.monotonic()))
-                raise AttackCancelled()
-            time.sleep(0.01)
-        events.append(("ran on", time.monotonic()))
-        raise AttackCancelled()
-
-    def wait_for(count: int) -> None:
-        deadline = time.monotonic() + 20
-        while len(events) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    monkeypatch.setattr(handlers, "run_attack", slow_attack)  # the server runs in this process
+    attack = SlowAttack()
+    monkeypatch.setattr(handlers, "run_attack", attack)  # the server runs in this process
     client.predict("sam-small", 0, api_name="/load_example")
     client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
-    settings = ("sam-small", "none", "", "", "mask", "pgd", 8, 2, 0, "original")
-    first = client.submit(*settings, api_name="/attack")
-    wait_for(1)
+    first = client.submit(*ATTACK_SETTINGS, 0, "original", api_name="/attack")
+    attack.wait_for(1)
     first.cancel()
-    second = client.submit(*settings, api_name="/attack")
-    wait_for(3)
-    assert [kind for kind, _ in events[:3]] == ["start", "stopped", "start"], events
-    assert events[2][1] >= events[1][1]  # the second attack waited for the first to stop
+    second = client.submit(*ATTACK_SETTINGS, 1, "original", api_name="/attack")
+    assert attack.wait_for(3) == [("start", 0), ("stopped", 0), ("start", 1)]
+    assert attack.when("start", 1) >= attack.when("stopped", 0)  # the second attack waited for the first to stop
     second.cancel()
-    wait_for(4)
-    assert events[3][0] == "stopped"
+    assert attack.wait_for(4)[3] == ("stopped", 1)
     monkeypatch.undo()
     assert_client_serves(client)
+
+
+def client_that_goes_away(url: str, how: str, session_hash: str, attack: SlowAttack):  # noqa: F811
+    """Start an attack (seed 0) in ``session_hash``'s session the way ``how`` says, wait until it runs on
+    the server, then go away without a word: close the event stream (``queue``: the browser's and
+    gradio_client's protocol; ``call``: the REST API's ``/call/attack``), or kill the client's process
+    (``killed``: a gradio_client in a subprocess, SIGKILL). Returns when the client is gone."""
+    import httpx
+
+    data = [*ATTACK_SETTINGS, 0, "original"]
+    if how == "killed":
+        script = (f"from gradio_client import Client; c = Client({url!r}, verbose=False); "
+                  f"c.predict('sam-small', 0, api_name='/load_example'); "
+                  f"c.predict({MODE_POSITIVE!r}, 'sam-small', 128, 100, api_name='/click'); "
+                  f"c.submit(*{data!r}, api_name='/attack'); import time; time.sleep(120)")
+        process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+        try:
+            assert attack.wait_for(1, 60) == [("start", 0)], "the killed client's attack never started"
+        finally:
+            process.kill()
+            process.wait(10)
+        return
+    with httpx.Client(base_url=url, timeout=30) as http:
+        if how == "queue":
+            config = http.get("config").json()
+            fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "attack")
+            body = {"data": [None, *data], "fn_index": fn_index, "session_hash": session_hash, "event_data": None,
+                    "trigger_id": None}
+            http.post("gradio_api/queue/join", json=body).raise_for_status()
+            stream = http.stream("GET", "gradio_api/queue/data", params={"session_hash": session_hash})
+        else:
+            posted = http.post("gradio_api/call/attack", json={"data": data, "session_hash": session_hash})
+            stream = http.stream("GET", f"gradio_api/call/attack/{posted.raise_for_status().json()['event_id']}")
+        with stream as events:
+            assert events.status_code == 200
+            assert attack.wait_for(1) == [("start", 0)], "the attack never started"
+        # leaving the block closes the connection: the server sees its client disconnect
+
+
+@pytest.mark.parametrize("how", ["queue", "call", "killed"])
+def test_a_client_that_goes_away_stops_its_attack_before_the_lane_frees(url, how, monkeypatch):  # noqa: F811
+    """A client that disconnects mid-attack (closed tab or stream, dropped connection, killed client):
+    its attack thread stops within a moment, and another user's attack, already waiting for the
+    one-at-a-time lane, starts only after it stopped. Gradio itself only marks the request dead and
+    lets the function run on; without the app's check the attack would hold the lane to its end."""
+    from gradio_client import Client
+
+    attack = SlowAttack(seconds=15)
+    monkeypatch.setattr(handlers, "run_attack", attack)  # the server runs in this process
+    leaving, waiting = Client(url, verbose=False), Client(url, verbose=False)
+    for who in (leaving, waiting):
+        who.predict("sam-small", 0, api_name="/load_example")
+        who.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    submitted = {}
+
+    def submit_when_running() -> None:  # the waiting user queues while the first attack runs
+        attack.wait_for(1, 60)
+        submitted["job"] = waiting.submit(*ATTACK_SETTINGS, 1, "original", api_name="/attack")
+
+    submitter = threading.Thread(target=submit_when_running)
+    submitter.start()
+    client_that_goes_away(url, how, leaving.session_hash, attack)
+    gone = time.monotonic()
+    submitter.join(60)
+    assert attack.wait_for(3) == [("start", 0), ("stopped", 0), ("start", 1)], attack.events
+    assert attack.when("stopped", 0) - gone < 5  # stopped soon after its client went away, not at its end
+    assert attack.when("start", 1) >= attack.when("stopped", 0)  # the lane freed only once it had stopped
+    submitted["job"].cancel()
+    assert attack.wait_for(4)[3] == ("stopped", 1)
+    monkeypatch.undo()
+    assert_client_serves(waiting)
+
+
+def test_the_time_limit_stops_the_attack_before_the_lane_frees(url, monkeypatch):  # noqa: F811
+    """An attack that reaches the time limit (``SAMDEMO_ATTACK_TIME_LIMIT``, read at start: set here in
+    the server's process) stops its thread at that step, its client is told why, and an attack already
+    waiting for the one-at-a-time lane starts only after the stopped thread has returned."""
+    from gradio_client import Client
+
+    real_attack, events = handlers.run_attack, []
+
+    def recorded_attack(manager, job, image, prompts, progress=None, cancel=None):
+        """The app's real attack with 0.1 s more per step, recording its steps and how it ended."""
+        seed = job.request.seed
+
+        def slow_step(step, total):
+            time.sleep(0.1)
+            events.append(("step", seed, time.monotonic()))
+
+        events.append(("start", seed, time.monotonic()))
+        try:
+            return real_attack(manager, job, image, prompts, slow_step, cancel)
+        finally:
+            events.append(("returned", seed, time.monotonic()))
+
+    monkeypatch.setattr(handlers, "run_attack", recorded_attack)
+    monkeypatch.setattr(limits, "ATTACK_TIME_LIMIT_S", 1.0)
+    long_one, waiting = Client(url, verbose=False), Client(url, verbose=False)
+    for who in (long_one, waiting):
+        who.predict("sam-small", 0, api_name="/load_example")
+        who.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    first = long_one.submit("sam-small", "none", "", "", "mask", "pgd", 8, 100, 0, "original", api_name="/attack")
+    deadline = time.monotonic() + 30
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = waiting.submit("sam-small", "none", "", "", "mask", "pgd", 8, 2, 1, "original", api_name="/attack")
+    with pytest.raises(AppError, match=r"stopped after 1\.\d s, at step \d+ of 100"):
+        first.result(timeout=60)
+    assert "Timings" in second.result(timeout=60)[-1]
+    first_steps = [t for what, seed, t in events if (what, seed) == ("step", 0)]
+    stopped = next(t for what, seed, t in events if (what, seed) == ("returned", 0))
+    second_start = next(t for what, seed, t in events if (what, seed) == ("start", 1))
+    assert 5 <= len(first_steps) < 100 and max(first_steps) <= stopped  # stopped at the limit, not at its end
+    assert second_start >= stopped  # the lane freed only once the first attack's thread had returned
+    monkeypatch.undo()
+    assert_client_serves(waiting)
 
 
 def test_values_of_the_wrong_type_get_the_apps_message(client, url):  # noqa: F811
@@ -787,15 +916,17 @@ def real_url():
 
 
 def test_soak_sessions_never_see_each_others_results(real_url, tmp_path, record_property):
-    """8 concurrent sessions, 2 rounds, real sam-small: every canvas, mask and adversarial PNG belongs to
-    its own session (see benchmarks/soak.py, which runs the long version against `python app.py`)."""
+    """8 concurrent sessions, 2 rounds, real sam-small: every canvas, mask, painted mask (a prompt and a
+    ground truth in the second round) and adversarial PNG belongs to its own session (see
+    benchmarks/soak.py, which runs the long version against `python app.py`)."""
     from benchmarks.soak import rss_mb, run_round
 
     clients, rss, seconds = {}, [rss_mb()], []
     for round_ in range(2):
-        result = run_round(real_url, round_, 8, tmp_path, clients)
+        paints = 2 * round_  # the second round also paints a mask prompt and a ground truth per session
+        result = run_round(real_url, round_, 8, tmp_path, clients, paints=paints)
         assert not result["failures"], result["failures"]
-        assert len(result["latency_s"]["attack"]) == 8
+        assert len(result["latency_s"]["attack"]) == 8 and len(result["latency_s"]["paint"]) == 8 * paints
         rss.append(rss_mb())
         seconds.append(round(result["seconds"], 2))
     record_property("soak_rss_mb_per_round", [round(v) for v in rss])

@@ -36,6 +36,7 @@ log = logging.getLogger("samdemo.app")
 ATTACK_EXTRA_OUTPUTS = 7  # after the panels: table, perturbation, caption, PNG, before / after, true scale, bundle
 EVERYTHING_SEGMENT_S = 120  # ZeroGPU time granted for segment everything's four segmentations, after the attack
 TRANSFER_ROWS = len(attack_rows(DEFAULT_ATTACKS))  # the rows of the app's transfer matrix
+DISCONNECT_POLL_S = 0.25  # how often a running heavy request checks that its client is still there
 
 
 try:  # ZeroGPU on Hugging Face Spaces: heavy handlers get a GPU for their duration
@@ -393,11 +394,23 @@ class Lab:
         return (*[gr.skip() for _ in range(len(PANEL_KEYS) + ATTACK_EXTRA_OUTPUTS)], message)
 
     async def _until_stopped(self, handler, inputs: tuple, request, progress):
-        """Run a heavy handler in a worker thread. When Gradio ends the request early (its own cancel,
-        e.g. ``gradio_client``'s ``job.cancel()``), set the session's cancel event and wait for the thread
-        to stop before returning: Gradio frees the one-attack-at-a-time lane only when this returns."""
+        """Run a heavy handler in a worker thread until it returns, and stop it early when the request ends
+        early: Gradio's own cancel (e.g. ``gradio_client``'s ``job.cancel()``) cancels this coroutine, and a
+        client that goes away (closed tab, dropped connection, killed client) leaves its queue event dead,
+        which is checked every ``DISCONNECT_POLL_S``. Either way the session's cancel event is set and this
+        returns only once the thread has stopped (within one attack step): Gradio frees the
+        one-attack-at-a-time lane only when this returns. A time limit ends the thread from inside
+        (:func:`samdemo.limits.with_time_limit`)."""
+        event = _queue_event()
         work = asyncio.ensure_future(asyncio.to_thread(handler, *inputs, request, progress))
         try:
+            while not work.done():
+                await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+                if not work.done() and event is not None and (event.closed or not event.alive):
+                    log.info("the client of session %s went away: stopping its work",
+                             getattr(request, "session_hash", None))
+                    self.on_cancel(request)
+                    break
             return await asyncio.shield(work)
         except asyncio.CancelledError:
             self.on_cancel(request)
@@ -510,6 +523,22 @@ class Lab:
         title = (f"Crafted and evaluated on the {who} model\n{attack_request.generator.upper()}, "
                  f"ε = {attack_request.eps255:g}/255, {attack_request.steps} steps")
         return transfer_figure(outcome.matrix, outcome.rows, outcome.cols, title), md
+
+
+def _queue_event():
+    """The Gradio queue event of the request being handled (None outside Gradio's queue).
+
+    Gradio tells a running function nothing when its client goes away: the queue marks the event
+    dead (``alive`` False when the client's event stream drops, ``closed`` when the browser's
+    heartbeat stops) and only drops its output. ``gr.Request.is_disconnected()`` is no help here,
+    as it asks about the HTTP request that queued the event, which ended long before. So the event
+    is looked up where Gradio keeps it (gradio is pinned; tests/test_reliability.py checks this
+    through a served app)."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None)
+    return events.get(event_id) if events is not None and event_id else None
 
 
 def _share(comparison) -> str:
