@@ -11,7 +11,8 @@ import torch
 from samdemo.attacks import (ATTACKS, GENERATORS, AttackCancelled, CrossPromptAttack, MaskAttack, make_attack,
                              mask_loss, quantize_project, validate_eps)
 from samdemo.attacks.base import StepInfo, background_bce
-from samdemo.attacks.cross_prompt import channel_importance, clean_margin, key_channels, sample_prompt_pool
+from samdemo.attacks.cross_prompt import (UniformPromptPool, channel_importance, clean_margin, key_channels,
+                                          sample_prompt_pool)
 from samdemo.attacks.generators import MIFGSM, segpgd_lambda, segpgd_weights
 from samdemo.attacks.transfer import format_matrix, transfer_matrix
 from samdemo.build import CHECKPOINT_DIR
@@ -398,3 +399,28 @@ def test_attacks_beat_random_control_on_trained_model():
     for row in ("cross-prompt", "mask@box", "feature"):
         assert (clean_iou[row] < clean_iou["random"] - 0.3).all(), (row, clean_iou)
         assert (gt_iou[row] < gt_iou["random"]).all(), (row, gt_iou)
+
+
+def test_uniform_prompt_pool_covers_the_image_and_is_seeded():
+    pool = UniformPromptPool((48, 64))
+    prompts = pool.sample(200, torch.Generator().manual_seed(0), ("point", "box"))
+    points = np.array([p.points[0] for p in prompts[0::2]])
+    boxes = np.array([p.box for p in prompts[1::2]])
+    assert points[:, 0].min() < 8 and points[:, 0].max() > 56 and points[:, 1].min() < 6 and points[:, 1].max() > 42
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 63).all() and (boxes[:, 3] <= 47).all()
+    assert (boxes[:, 2] - boxes[:, 0] >= 1).all() and (boxes[:, 3] - boxes[:, 1] >= 1).all()
+    again = pool.sample(200, torch.Generator().manual_seed(0), ("point", "box"))
+    assert all(np.array_equal(a.points, b.points) and np.array_equal(a.box, b.box) for a, b in zip(prompts, again))
+    for p in prompts:
+        p.validate((48, 64))
+
+
+def test_cross_prompt_prompt_source_changes_the_attack(sam):
+    images = grid_images(size=64)
+    common = dict(eps=EPS, steps=2, seed=0, mix=1.0, prompts_per_step=6)
+    segments = CrossPromptAttack(sam, **common)(images).adv_images
+    uniform = CrossPromptAttack(sam, prompt_source="uniform", **common)(images).adv_images
+    assert_in_threat_model(uniform, images, EPS)
+    assert not torch.equal(segments, uniform)
+    with pytest.raises(ValueError, match="prompt_source"):
+        CrossPromptAttack(sam, prompt_source="grid")

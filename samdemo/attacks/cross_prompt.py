@@ -87,6 +87,28 @@ class PromptPool:
         return prompts
 
 
+class UniformPromptPool:
+    """Prompts drawn uniformly over the whole image, ignoring what the clean model segments: points
+    anywhere, boxes of any position with sides of 5-60 % of the image. A pool that cannot miss an
+    object the model's own segments missed (``prompt_source="uniform"``)."""
+
+    def __init__(self, hw: tuple[int, int]):
+        self.hw = hw
+
+    def sample(self, n: int, rng: torch.Generator, types=PROMPT_TYPES, jitter: float = 0.1) -> list[Prompt]:
+        h, w = self.hw
+        draws = torch.rand((n, 4), generator=rng, dtype=torch.float64).numpy()
+        prompts = []
+        for i in range(n):
+            if types[i % len(types)] == "point":
+                prompts.append(point_prompt(float(draws[i, 0] * (w - 1)), float(draws[i, 1] * (h - 1))))
+            else:  # masks have no uniform analogue: a box stands in
+                bw, bh = (0.05 + 0.55 * draws[i, 2]) * w, (0.05 + 0.55 * draws[i, 3]) * h
+                x0, y0 = draws[i, 0] * (w - 1 - bw), draws[i, 1] * (h - 1 - bh)
+                prompts.append(box_prompt(*_valid_box(x0, y0, x0 + bw, y0 + bh, h, w)))
+        return prompts
+
+
 def tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     """Inclusive tight box (x0, y0, x1, y1) of a non-empty mask, widened to at least 1 px."""
     ys, xs = np.nonzero(mask)
@@ -211,7 +233,9 @@ class CrossPromptAttack(Attack):
     term per step (default 32); mix_types: their types (default point and box: the decoder
     copies mask prompts, so spending a third of the batch on them bought nothing in any column);
     grid: the point grid side; types: prompt types whose channel importance must agree (all
-    three); high_res_weight: SAM 2's high-res maps. See docs/METHOD.md for the measurements.
+    three); high_res_weight: SAM 2's high-res maps; prompt_source: where the mask term's prompts
+    come from, "segments" (the pool of the clean model's segments) or "uniform" (anywhere in the
+    image, :class:`UniformPromptPool`). See docs/METHOD.md for the measurements.
     """
 
     name = "cross-prompt"
@@ -220,7 +244,7 @@ class CrossPromptAttack(Attack):
                  step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
                  progress=None, cancel=None, restarts: int = 1, *, k: int | None = None, distance: str = "mse", mix: float = 100.0,
                  prompts_per_step: int = 32, mix_types=("point", "box"), grid: int = 4, types=PROMPT_TYPES,
-                 high_res_weight: float = 1.0):
+                 high_res_weight: float = 1.0, prompt_source: str = "segments"):
         super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts)
         if distance not in ("mse", "cosine"):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
@@ -234,6 +258,9 @@ class CrossPromptAttack(Attack):
         self.k, self.distance, self.mix = k, distance, float(mix)
         self.prompts_per_step, self.grid, self.types = int(prompts_per_step), int(grid), tuple(types)
         self.mix_types = tuple(mix_types)
+        if prompt_source not in ("segments", "uniform"):
+            raise ValueError(f"prompt_source must be 'segments' or 'uniform'; got {prompt_source!r}.")
+        self.prompt_source = prompt_source
         self.high_res_weight = float(high_res_weight)
 
     def prepare(self, images, prompts, rng):
@@ -265,7 +292,8 @@ class CrossPromptAttack(Attack):
                     feature_distance(f[i:i + 1], c[i:i + 1], "mse").sum()
                     for f, c in zip(feats.high_res, clean.high_res)) / len(feats.high_res)
             if self.mix:
-                prompts = state["pools"][i].sample(self.prompts_per_step, rng, self.mix_types)
+                pool = state["pools"][i] if self.prompt_source == "segments" else UniformPromptPool(clean.orig_hw)
+                prompts = pool.sample(self.prompts_per_step, rng, self.mix_types)
                 prediction = self.engine.decode(feats, prompts, image_index=i, validate=False)
                 total = total - self.mix * background_bce(prediction.low_res_all, step).mean()  # masks -> background
             per_image.append(total)
