@@ -54,11 +54,13 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +70,7 @@ from samdemo.defense import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_
 from samdemo.attacks.base import eps_from_255
 from samdemo.pipeline import AttackRequest, craft
 from samdemo.engine import SegmentEngine, image_to_tensor
+from samdemo.errors import AttackCancelled, UserError
 from samdemo.prompts import Prompt, prompts_from_mask
 from samdemo.quality import prompt_quality
 from samdemo.losses import segmentation_loss
@@ -147,34 +150,46 @@ class SceneData:
         return self._heldout(n, size=self.size)
 
 
-class FolderData:
-    """Any folder of images; targets are the original model's own clean segments (label-free)."""
+class ImageData:
+    """Images without labels; targets are the original model's own clean segments (label-free).
 
-    def __init__(self, folder: Path, engine: SegmentEngine, size: int, eval_images: int):
+    ``images``: H x W x 3 uint8 arrays of any size, each centre-cropped to a square and resized to
+    ``size`` px. The last ``min(eval_images, max(1, N // 5))`` are held out for the before / after
+    check. ``engine`` must be the *original* model (no adapter yet): its answers to a 4 x 4 point
+    grid, computed once here, are the targets."""
+
+    def __init__(self, images: Sequence[np.ndarray], engine: SegmentEngine, size: int, eval_images: int,
+                 source: str = "images"):
+        if len(images) < 2:
+            raise UserError(f"{source}: need at least 2 images (one to train on, one held out for the check), "
+                            f"found {len(images)}.")
+        squares = [square_image(image, size) for image in images]
+        samples = [SimpleNamespace(image=image, masks=self.pseudo_masks(engine, image)) for image in
+                   tqdm(squares, desc="pseudo-labels (original model)", leave=False)]
+        n_eval = min(eval_images, max(1, len(samples) // 5))
+        self.train_samples, self.eval_samples = samples[:-n_eval], samples[-n_eval:]
+        self.description = (f"{len(images)} images from {source} ({len(self.train_samples)} train, {n_eval} held "
+                            "out); targets: the original model's clean segments")
+
+    @classmethod
+    def from_folder(cls, folder: Path, engine: SegmentEngine, size: int, eval_images: int) -> "ImageData":
+        """Every image under ``folder`` (recursively, by suffix: ``IMAGE_SUFFIXES``), in name order."""
         from PIL import Image
 
         paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(paths) < 2:
-            raise ValueError(f"--data {folder}: need at least 2 images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
-                             f"found {len(paths)}.")
+            raise UserError(f"--data {folder}: need at least 2 images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                            f"found {len(paths)}.")
         images = []
         for path in paths:
             with Image.open(path) as im:
-                im = im.convert("RGB")
-                side = min(im.size)
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-                images.append(np.asarray(im, dtype=np.uint8).copy())
-        samples = [SimpleNamespace(image=image, masks=self.pseudo_masks(engine, image)) for image in
-                   tqdm(images, desc="pseudo-labels (original model)", leave=False)]
-        n_eval = min(eval_images, max(1, len(samples) // 5))
-        self.train_samples, self.eval_samples = samples[:-n_eval], samples[-n_eval:]
-        self.description = (f"{len(paths)} images from {folder} ({len(self.train_samples)} train, {n_eval} held out); "
-                            "targets: the original model's clean segments")
+                images.append(square_image(np.asarray(im.convert("RGB"), dtype=np.uint8), size))  # small at once
+        return cls(images, engine, size, eval_images, source=str(folder))
 
     @staticmethod
     @torch.no_grad()
     def pseudo_masks(engine: SegmentEngine, image: np.ndarray) -> np.ndarray:
+        """K x H x W bool: the model's distinct clean segments for a 4 x 4 point grid (at least one)."""
         from samdemo.attacks import sample_prompt_pool
 
         features = engine.embed(image_to_tensor(image))
@@ -186,6 +201,20 @@ class FolderData:
 
     def heldout(self, n: int) -> list:
         return self.eval_samples[:n]
+
+
+def square_image(image: np.ndarray, size: int) -> np.ndarray:
+    """H x W x 3 uint8 -> its centre square resized to size x size x 3 uint8 (bicubic)."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise UserError(f"A training image must be H x W x 3 uint8, got shape {image.shape} ({image.dtype}).")
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = Image.fromarray(np.ascontiguousarray(image[top:top + side, left:left + side]))
+    return np.asarray(square.resize((size, size), Image.BICUBIC), dtype=np.uint8).copy()
 
 
 # ---------------------------------------------------------------------- loss
@@ -225,11 +254,12 @@ def prompted_loss(engine: SegmentEngine, images: torch.Tensor, prompts: list[lis
 
 # ---------------------------------------------------------------------- evaluation
 def attacked_quality(engine: SegmentEngine, scenes: list, attack: str, cfg: AdapterTrainConfig,
-                     chunk: int = 8) -> dict[str, float]:
+                     chunk: int = 8, cancel: threading.Event | None = None) -> dict[str, float]:
     """mIoU (``prompt_quality``) on the scenes after attacking each against ``engine`` itself.
 
     Attacks get the evaluation prompts (used by prompt-specific attacks such as "mask"); seeds
-    are fixed per scene, so successive evaluations face comparable attacks.
+    are fixed per scene, so successive evaluations face comparable attacks. ``cancel`` (set) stops the
+    attack after its current step (:class:`AttackCancelled`).
     """
     attacked = []
     for start in range(0, len(scenes), chunk):
@@ -238,16 +268,17 @@ def attacked_quality(engine: SegmentEngine, scenes: list, attack: str, cfg: Adap
         prompts = [[p for m in s.masks for p in prompts_from_mask(m).values()] for s in part]
         request = AttackRequest(attack=attack, eps255=cfg.eps, steps=cfg.eval_attack_steps, generator=cfg.generator,
                                 seed=cfg.seed * 7919 + start)
-        result = craft(request, engine, images, prompts)
+        result = craft(request, engine, images, prompts, cancel=cancel)
         attacked += [SimpleNamespace(image=result.to_uint8(i), masks=s.masks) for i, s in enumerate(part)]
     return prompt_quality(engine, attacked)
 
 
-def heldout_quality(engine: SegmentEngine, scenes: list, cfg: AdapterTrainConfig) -> dict:
+def heldout_quality(engine: SegmentEngine, scenes: list, cfg: AdapterTrainConfig,
+                    cancel: threading.Event | None = None) -> dict:
     """Clean mIoU per prompt type, and under each of the config's evaluation attacks."""
     out = {"clean": prompt_quality(engine, scenes), "attacked": {}}
     for name in cfg.eval_attack_list():
-        out["attacked"][name] = attacked_quality(engine, scenes, name, cfg)
+        out["attacked"][name] = attacked_quality(engine, scenes, name, cfg, cancel=cancel)
     return out
 
 
@@ -284,11 +315,23 @@ def build_engine(cfg: AdapterTrainConfig) -> SegmentEngine:
     return random_engine(cfg.arch, cfg.seed) if cfg.arch else load_engine(cfg.model)
 
 
+ProgressFn = Callable[..., None]  # progress(step, total, stage="...")
+
+
 def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None = None, resume: bool = True,
-                  engine: SegmentEngine | None = None) -> dict:
+                  engine: SegmentEngine | None = None, *, images: Sequence[np.ndarray] | None = None,
+                  images_source: str = "images given in memory", progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> dict:
     """Train (or resume) in ``run_dir``; write the adapter folder to ``out_dir``. Returns the log.
 
-    ``engine``: an existing engine (default: built from ``cfg.model`` / ``cfg.arch``).
+    ``engine``: an existing engine (default: built from ``cfg.model`` / ``cfg.arch``); the adapter is
+    applied to it in place during training and removed at the end, whatever happens (so give a copy
+    of a model that others use meanwhile). ``images``: H x W x 3 uint8 arrays to train on instead of
+    ``cfg.data``, label-free (:class:`ImageData`; ``images_source`` names them in the log).
+    ``progress(step, total, stage=text)``: called before each held-out check and after every
+    optimiser step (an exception raised there, e.g. a time limit, stops training). ``cancel``: once set,
+    training stops within the current step (its attack stops after its current iteration) with
+    :class:`AttackCancelled`; nothing is written to ``out_dir`` then.
     """
     for name in cfg.attack_list() + cfg.eval_attack_list():
         AttackRequest(attack=name, eps255=cfg.eps)  # unknown names and a bad epsilon: a clear error before any work
@@ -299,18 +342,24 @@ def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None =
     engine = engine or build_engine(cfg)
     engine.model.eval()
     size = cfg.image_size or engine.image_size
-    data = SceneData(size) if cfg.data == "scenes" else FolderData(Path(cfg.data), engine, size, cfg.eval_scenes)
+    if images is not None:
+        data = ImageData(images, engine, size, cfg.eval_scenes, images_source)
+    elif cfg.data == "scenes":
+        data = SceneData(size)
+    else:
+        data = ImageData.from_folder(Path(cfg.data), engine, size, cfg.eval_scenes)
     eval_set = data.heldout(cfg.eval_scenes)
 
     adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
                             rank=cfg.update_rank(), seed=cfg.seed)
     try:
-        return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set)
+        return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set, progress, cancel)
     finally:
         adapter.remove()
 
 
-def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_set) -> dict:
+def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_set, progress=None,
+           cancel=None) -> dict:
     optimizer = torch.optim.Adam(adapter.param_groups(cfg.lr))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(cfg.steps, 1))))))
@@ -342,8 +391,13 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
                     "fingerprint": adapter.config.fingerprint}, state_path)
         log_path.write_text(json.dumps(log, indent=1))
 
+    def report(stage: str) -> None:
+        if progress is not None:
+            progress(step, cfg.steps, stage=stage)
+
     def run_eval():
-        result = heldout_quality(engine, eval_set, cfg)
+        report("held-out check of the " + ("adapted" if step else "original") + " model")
+        result = heldout_quality(engine, eval_set, cfg, cancel=cancel)
         adapter.refresh_tag()
         log["eval"].append({"step": step, "seconds": round(log["seconds"], 1)} | result)
         tqdm.write(f"step {step}: held-out mIoU {_summary(result)}")
@@ -355,6 +409,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
     names = cfg.attack_list()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train-adapter {engine.name}")
     while step < cfg.steps:
+        if cancel is not None and cancel.is_set():
+            raise AttackCancelled(f"training cancelled at step {step} of {cfg.steps}")
         rng = np.random.default_rng([cfg.seed, step])
         indices = [step * cfg.batch + i for i in range(cfg.batch)]
         samples = [data.train(i % cfg.train_pool if cfg.train_pool else i) for i in indices]
@@ -365,7 +421,7 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         if cfg.adv_weight:
             request = AttackRequest(attack=name, eps255=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
                                     seed=cfg.seed * 1_000_003 + step)
-            adv = craft(request, engine, images, [list(p) for p in prompts]).adv_images.to(engine.device)
+            adv = craft(request, engine, images, [list(p) for p in prompts], cancel=cancel).adv_images.to(engine.device)
             optimizer.zero_grad(set_to_none=True)  # the attack may have left gradients on the adapter
             loss_adv = prompted_loss(engine, adv, list(prompts), list(targets))
         else:  # clean-only fine-tuning (a control): no attack is crafted
@@ -381,6 +437,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", adv=f"{loss_adv.item():.3f}", clean=f"{loss_clean.item():.3f}",
                         attack=name)
+        report(f"step {step}/{cfg.steps}, loss {loss.item():.3f} (adversarial {loss_adv.item():.3f}, "
+               f"clean {loss_clean.item():.3f})")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             run_eval()
         elif step % cfg.checkpoint_every == 0 or step == cfg.steps:
