@@ -245,7 +245,9 @@ def check_eps255(value) -> float:
     return eps
 
 
-def _whole(value, what: str, low: int, high: int, env: str = "") -> int:
+def whole_number(value, what: str, low: int, high: int, env: str = "") -> int:
+    """``value`` as an int in [low, high]; a UserError naming ``what`` (and the variable ``env`` that sets
+    ``high``) otherwise."""
     number = _number(value, what)
     if number != int(number) or not low <= number <= high:
         limit = f" ({env})" if env else ""
@@ -254,15 +256,15 @@ def _whole(value, what: str, low: int, high: int, env: str = "") -> int:
 
 
 def check_steps(value) -> int:
-    return _whole(value, "Steps", 1, MAX_STEPS, "SAMDEMO_MAX_STEPS")
+    return whole_number(value, "Steps", 1, MAX_STEPS, "SAMDEMO_MAX_STEPS")
 
 
 def check_train_steps(value) -> int:
-    return _whole(value, "Training steps", 1, MAX_TRAIN_STEPS, "SAMDEMO_MAX_TRAIN_STEPS")
+    return whole_number(value, "Training steps", 1, MAX_TRAIN_STEPS, "SAMDEMO_MAX_TRAIN_STEPS")
 
 
 def check_seed(value) -> int:
-    return 0 if value is None else _whole(value, "The seed", 0, MAX_SEED)
+    return 0 if value is None else whole_number(value, "The seed", 0, MAX_SEED)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,8 +288,10 @@ def _summary(evaluation: dict) -> str:
     return ", ".join(parts)
 
 
-def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | None, description: str) -> dict:
-    """The adapter's ``metrics``: baseline (original model) and final rows, plus the raw numbers."""
+def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | None, description: str,
+                  heldout: int | None = None) -> dict:
+    """The adapter's ``metrics``: baseline (original model) and final rows, plus the raw numbers.
+    ``heldout``: the number of held-out images (default ``cfg.eval_scenes``)."""
     rows = []
     for label, result in (("original", baseline), ("adapted", final)):
         if result is None:
@@ -301,7 +303,7 @@ def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | 
                 rows.append({"condition": f"{name} attack ({cfg.eps:g}/255, {cfg.eval_attack_steps} "
                                           f"steps, against the {label} model), {label}"}
                             | {k: result["attacked"][name][k] for k in ("point", "box", "mask")})
-    note = (f"Held-out data: {description}; {cfg.eval_scenes} images. Attacks are white-box and adaptive: crafted "
+    note = (f"Held-out data: {description}; {cfg.eval_scenes if heldout is None else heldout} images. Attacks are white-box and adaptive: crafted "
             "against the model being evaluated (the original model for 'original' rows, the adapted one for "
             "'adapted' rows).")
     return {"table": rows, "baseline": baseline, "final": final, "note": note}
@@ -366,7 +368,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
     state_path, log_path = run_dir / "state.pt", run_dir / "log.json"
     log: dict = {"config": asdict(cfg), "model": engine.name, "data": data.description, "method": adapter.method,
                  "layers": adapter.names, "num_trainable": adapter.num_trainable,
-                 "fingerprint": adapter.config.fingerprint, "train": [], "eval": [], "seconds": 0.0}
+                 "fingerprint": adapter.config.fingerprint, "heldout_images": len(eval_set), "train": [], "eval": [],
+                 "seconds": 0.0}
     step = 0
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -456,7 +459,7 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         evals = log["eval"]
         baseline = next((e for e in evals if e["step"] == 0), None)
         final = evals[-1] if evals and evals[-1]["step"] == step else None
-        metrics = metrics_table(cfg, baseline, final, data.description)
+        metrics = metrics_table(cfg, baseline, final, data.description, len(eval_set))
         recipe = asdict(cfg) | {"completed_steps": step,
                                 "train_seconds": round(log["seconds"], 1), "data_description": data.description,
                                 "num_trainable": adapter.num_trainable, "lr_rule": LAYER_TYPES[cfg.method].lr_rule,
