@@ -180,7 +180,7 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
                                        interactive=False, elem_id="train-table")
             gr.Markdown(PUSH_HELP_MD)
             with gr.Row():
-                push_repo = gr.Textbox(label="Hub repo id", placeholder="owner/name", scale=3)
+                push_repo = gr.Textbox(label="Hub repo id to push to", placeholder="owner/name", scale=3)
                 push_token = gr.Textbox(label="Access token (write)", type="password", scale=3)
                 push_private = gr.Checkbox(label="private", value=True, scale=1)
                 push_btn = gr.Button("Push to the Hub", scale=1, elem_id="push")
