@@ -42,6 +42,11 @@ singular_values.png.
     python -m samdemo train-adapter --model sam2-small --data ~/photos --out /tmp/sam2-photos-adapter
     python -m samdemo train-adapter --model sam2-small --targets 'image_encoder.*' --svd-rank 14  # 504 values
 
+From Python (the app's *Train a robust adapter*): ``train_adapter(cfg, run_dir, out_dir, engine=copy,
+images=[H x W x 3 uint8 arrays], progress=fn, cancel=event)``: label-free images in memory
+(:class:`ImageData`, the same path as a folder), ``progress(step, total, stage=text)`` and a
+``threading.Event`` that stops training within a step.
+
 Defaults are the recipe of the shipped adapters, sized for sam-small / sam2-small on the 2-core
 CPU box: 300 steps of 4 scenes at lr 0.05 (measured 3.0-3.9 s per step on one core while two
 runs shared the machine, plus ~20 s per held-out evaluation of 16 scenes with a 10-step attack,

@@ -25,7 +25,7 @@ except ImportError:  # tests/ imported as a package
     from tests.test_app import scene_session, tiny_lab, write_tiny_adapters
 
 from samdemo import limits
-from samdemo.app.actions import AttackJob, TrainJob, run_attack
+from samdemo.app.actions import AttackJob, TrainJob, bundle_settings, run_attack
 from samdemo.app.models import ADAPTER_TRAINED, AdapterChoice
 from samdemo.app.session import MODE_POSITIVE, Session
 from samdemo.app.text import TOUR_STEPS
@@ -92,6 +92,8 @@ def test_training_makes_the_session_robust_model_and_nothing_else(lab):
     outcome = run_attack(lab.manager, job, image, session.prompts)
     expected = robust.engine.predict(image, [session.prompts.to_prompt()]).masks[0].numpy()
     np.testing.assert_array_equal(outcome.panels["robust/clean"].mask, expected)
+    settings, caveats = bundle_settings(job, session.prompts)
+    assert settings["adapter"] is None and "trained in the app and is not in the bundle" in caveats[0]
     with pytest.raises(gr.Error, match="No adapter has been trained in this session"):
         lab.on_attack(scene_session(lab), "sam-small", ADAPTER_TRAINED, "", "", "feature", "pgd", 8, 1, 0,
                       "original", SimpleNamespace(session_hash="other"), NOOP)

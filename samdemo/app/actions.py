@@ -29,6 +29,7 @@ from samdemo.metrics import ATTACK_SUCCESS_IOU, mask_iou
 from samdemo.pipeline import AttackRequest, run_attack as run_pipeline
 from samdemo.robustness_curve import CURVE_EPS255, RobustnessCurve, robustness_curve
 from samdemo.segment_everything import EverythingUnderAttack, everything_under_attack
+from samdemo.train_adapter import AdapterTrainConfig
 
 TARGET_ORIGINAL, TARGET_ROBUST = "original", "robust"
 PANEL_KEYS = ("original/clean", "original/adversarial", "robust/clean", "robust/adversarial")
@@ -293,7 +294,7 @@ class TrainJob:
     images come from (``source``: the bundled examples, the uploads, or generated scenes)."""
 
     model: str
-    config: "AdapterTrainConfig"  # noqa: F821  (samdemo.train_adapter, imported when used)
+    config: AdapterTrainConfig
     source: str
 
     @classmethod
@@ -301,8 +302,6 @@ class TrainJob:
         """The widgets' values (or the API's) -> a checked job; :class:`UserError` naming the field otherwise.
         ``budget``: "paper" (every singular value of the family's default layers, the neck: 512 on Meta's models)
         or "spread" (the ``values_per_layer`` largest of every layer of the image encoder)."""
-        from samdemo.train_adapter import AdapterTrainConfig
-
         if budget not in (BUDGET_PAPER, BUDGET_SPREAD):
             raise UserError(f"Unknown budget {limits.quoted(budget)}; choose {BUDGET_PAPER} or {BUDGET_SPREAD}.")
         if source not in (SOURCE_EXAMPLES, SOURCE_UPLOADS, SOURCE_SCENES):

@@ -129,6 +129,7 @@ class Lab:
         # exit); the most recent limits.MAX_SESSIONS are kept, and a session's own when it trains again or ends.
         self._trained_root = tempfile.TemporaryDirectory(prefix="samdemo-trained-")
         self._trained_folders: list[Path] = []
+        self._trained_lock = threading.Lock()  # gr.State's delete callback runs outside the request lanes
         self.examples = list(load_examples() if examples is None else examples)
         self.curve_eps255 = CURVE_EPS255  # the robustness curve's epsilons (1/255 units)
         self.everything_settings: dict = {}  # the mask generator's settings, over segment_everything's defaults
@@ -558,9 +559,12 @@ class Lab:
 
     def _new_trained_folder(self) -> Path:
         folder = Path(tempfile.mkdtemp(prefix="adapter-", dir=self._trained_root.name))
-        self._trained_folders.append(folder)
-        while len(self._trained_folders) > limits.MAX_SESSIONS:
-            shutil.rmtree(self._trained_folders.pop(0), ignore_errors=True)
+        with self._trained_lock:
+            self._trained_folders.append(folder)
+            oldest = self._trained_folders[:-limits.MAX_SESSIONS]
+            del self._trained_folders[:-limits.MAX_SESSIONS]
+        for old in oldest:
+            shutil.rmtree(old, ignore_errors=True)
         return folder
 
     def _drop_trained(self, trained) -> None:
@@ -618,8 +622,9 @@ class Lab:
         return session, rows, md, ADAPTER_TRAINED, adapter_md, figure
 
     def _drop_folder(self, folder: Path) -> None:
-        if folder in self._trained_folders:
-            self._trained_folders.remove(folder)
+        with self._trained_lock:
+            if folder in self._trained_folders:
+                self._trained_folders.remove(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
     async def train_request(self, session, model, budget, values_per_layer, steps, source, files,
