@@ -17,9 +17,11 @@ from samdemo.app.actions import TARGET_ORIGINAL  # noqa: E402
 from samdemo.app.handlers import Lab  # noqa: E402
 from samdemo.app.models import ADAPTER_HUB, APP_MODELS, AdapterChoice, ModelManager, model_choices  # noqa: E402
 from samdemo.app.session import MODE_POSITIVE, PROMPT_MODES, Session  # noqa: E402
-from samdemo.app.text import (ADAPTER_CHOICES, ATTACK_CHOICES, ATTACK_HELP_MD, CURVE_HELP_MD,  # noqa: E402
-                              EVERYTHING_HELP_MD, GENERATOR_CHOICES, INTRO_MD, PROMPT_HELP_MD, TABLE_HEADERS,
-                              TARGET_CHOICES)
+from samdemo.app.actions import BUDGET_PAPER, MAX_VALUES_PER_LAYER, SOURCE_SCENES  # noqa: E402
+from samdemo.app.text import (ADAPTER_CHOICES, ATTACK_CHOICES, ATTACK_HELP_MD, BUDGET_CHOICES,  # noqa: E402
+                              CURVE_HELP_MD, EVERYTHING_HELP_MD, GENERATOR_CHOICES, INTRO_MD, PROMPT_HELP_MD,
+                              PUSH_HELP_MD, SOURCE_CHOICES, TABLE_HEADERS, TARGET_CHOICES, TRAIN_HELP_MD,
+                              TRAIN_TABLE_HEADERS)
 from samdemo.app.widgets import NumberInput, SliderInput, paint_editor, upload_image  # noqa: E402
 from samdemo.pipeline import DEFAULT_ATTACK  # noqa: E402
 from samdemo import distributed, limits  # noqa: E402
@@ -30,7 +32,8 @@ CSS = """
 .panel img {object-fit: contain}
 #status {min-height: 3.2em}
 """
-HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 1}  # attacks, transfer matrices, model loads
+HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 1}  # attacks, transfer matrices, training, model loads
+HUB = {"concurrency_id": "hub", "concurrency_limit": 1}  # uploads to the Hub wait on the network, not the models
 # Prompt edits run one at a time, in order: each sees the session state the previous one left
 # (so quick successive clicks are all kept); they take milliseconds once the image is embedded.
 LIGHT = {"concurrency_id": "light", "concurrency_limit": 1}
@@ -43,8 +46,15 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
     lab = lab or Lab()
     adapter_default = default_adapter or AdapterChoice()
     with gr.Blocks(title="samdemo · adversarial SAM lab", delete_cache=(1800, 3600)) as demo:
-        session = gr.State(Session(), time_to_live=limits.SESSION_IDLE_S)  # per user; dropped when idle
+        # Per user; dropped when idle, with the adapter it trained.
+        session = gr.State(Session(), time_to_live=limits.SESSION_IDLE_S, delete_callback=lab.on_session_end)
         gr.Markdown(INTRO_MD)
+        with gr.Accordion("New here? A four-step tour", open=True):
+            tour_index = gr.State(0)
+            tour_md = gr.Markdown(lab.on_tour(0)[1], elem_id="tour")
+            with gr.Row():
+                tour_back = gr.Button("◀ Back", size="sm", elem_id="tour-back")
+                tour_next = gr.Button("Next ▶", size="sm", elem_id="tour-next")
         with gr.Row():
             # ------------------------------------------------------------ image and prompts
             with gr.Column(scale=3):
@@ -150,6 +160,31 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
                 every_rob_clean = gr.Image(label="Robust model · clean", elem_id="every-rob-clean", **panel_args)
                 every_rob_adv = gr.Image(label="Robust model · adversarial", elem_id="every-rob-adv", **panel_args)
             everything_md = gr.Markdown(elem_id="everything-md")
+        with gr.Accordion("Train a robust adapter", open=False):
+            gr.Markdown(TRAIN_HELP_MD)
+            with gr.Row():
+                train_budget = gr.Radio(BUDGET_CHOICES, value=BUDGET_PAPER, label="Budget", scale=3)
+                train_k = SliderInput(1, MAX_VALUES_PER_LAYER, value=14, step=1, label="k: singular values per layer (spread)", scale=1)
+            with gr.Row():
+                train_steps = SliderInput(1, limits.MAX_TRAIN_STEPS, value=min(20, limits.MAX_TRAIN_STEPS), step=1,
+                                          label="Training steps (2 images each)", elem_id="train-steps")
+                train_source = gr.Radio(SOURCE_CHOICES, value=SOURCE_SCENES, label="Images")
+            train_files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                                  label=f"Your images (2 to {limits.MAX_TRAIN_IMAGES}; the last is held out)",
+                                  elem_id="train-files")
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary", elem_id="train")
+                train_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+            train_md = gr.Markdown(elem_id="train-md")
+            train_table = gr.Dataframe(headers=TRAIN_TABLE_HEADERS, label="Held-out check, before and after",
+                                       interactive=False, elem_id="train-table")
+            gr.Markdown(PUSH_HELP_MD)
+            with gr.Row():
+                push_repo = gr.Textbox(label="Hub repo id to push to", placeholder="owner/name", scale=3)
+                push_token = gr.Textbox(label="Access token (write)", type="password", scale=3)
+                push_private = gr.Checkbox(label="private", value=True, scale=1)
+                push_btn = gr.Button("Push to the Hub", scale=1, elem_id="push")
+            push_md = gr.Markdown(elem_id="push-md")
 
         # hidden inputs of API-only endpoints (clicks and examples by number)
         api_x = NumberInput(visible=False, label="x")
@@ -178,12 +213,17 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
         mode.change(lab.on_mode, mode, tabs, api_visibility="private", queue=False)
 
         model_inputs = [model, adapter_kind, hub_repo, hub_rev]
-        model.change(lab.on_model, model_inputs, [model_info, adapter_info, sv_plot], api_name="load_model",
+        adapter_inputs = [*model_inputs, session]  # the session: for the adapter it trained
+        model.change(lab.on_model, adapter_inputs, [model_info, adapter_info, sv_plot], api_name="load_model",
                      **HEAVY).then(lab.on_refresh, [session, model], prompt_out, api_visibility="private", **LIGHT)
         adapter_kind.change(lab.on_adapter_kind, adapter_kind, hub_row, api_visibility="private", queue=False)
-        adapter_kind.change(lab.on_adapter, model_inputs, [adapter_info, sv_plot], api_visibility="private", **HEAVY)
-        hub_btn.click(lab.on_adapter, model_inputs, [adapter_info, sv_plot], api_name="load_adapter", **HEAVY)
-        demo.load(lab.on_model, model_inputs, [model_info, adapter_info, sv_plot], api_visibility="private", **HEAVY)
+        adapter_kind.change(lab.on_adapter, adapter_inputs, [adapter_info, sv_plot], api_visibility="private",
+                            **HEAVY)
+        hub_btn.click(lab.on_adapter, adapter_inputs, [adapter_info, sv_plot], api_name="load_adapter", **HEAVY)
+        demo.load(lab.on_model, adapter_inputs, [model_info, adapter_info, sv_plot], api_visibility="private",
+                  **HEAVY)
+        tour_next.click(lab.on_tour_next, tour_index, [tour_index, tour_md], api_visibility="private", queue=False)
+        tour_back.click(lab.on_tour_back, tour_index, [tour_index, tour_md], api_visibility="private", queue=False)
 
         attack_inputs = [session, *model_inputs, attack, generator, eps, steps, seed, target]
         attack_event = run_btn.click(
@@ -201,6 +241,13 @@ def build_demo(lab: Lab | None = None, default_model: str = DEFAULT_MODEL,
             api_name="segment_everything", **HEAVY)
         cancel_btn.click(lab.on_cancel, None, timings, api_name="cancel", queue=False,
                          cancels=[attack_event, transfer_event, curve_event, everything_event])
+        train_event = train_btn.click(
+            lab.train_request, [session, model, train_budget, train_k, train_steps, train_source, train_files],
+            [session, train_table, train_md, adapter_kind, adapter_info, sv_plot], api_name="train_adapter", **HEAVY)
+        train_cancel_btn.click(lab.on_cancel, None, train_md, api_name="cancel_training", queue=False,
+                               cancels=[train_event])
+        push_btn.click(lab.on_push, [session, push_repo, push_token, push_private], push_md, api_name="push_adapter",
+                       **HUB)
     demo.queue(default_concurrency_limit=2, max_size=limits.QUEUE_SIZE)  # beyond it, new requests are refused
     return demo
 

@@ -13,7 +13,7 @@ class UserError(ValueError):
 
 
 class TimeLimitExceeded(UserError):
-    """An attack ran past its time limit and was stopped."""
+    """An attack (or the app's training run) ran past its time limit and was stopped."""
 
 
 class PromptError(ValueError):
@@ -37,5 +37,5 @@ class HubUnreachableError(ModelUnavailableError):
 
 
 class AttackCancelled(RuntimeError):
-    """Raised by :meth:`samdemo.attacks.base.Attack.forward` when its ``cancel`` event is set; nothing
-    is returned."""
+    """Raised by :meth:`samdemo.attacks.base.Attack.forward` (and by ``samdemo.train_adapter.train_adapter``
+    between steps) when its ``cancel`` event is set; nothing is returned."""

@@ -51,14 +51,21 @@ def random_engine(config: str | Path, seed: int = 0) -> SegmentEngine:
     return SegmentEngine(model.eval(), family, name=f"random-{Path(config).stem}")
 
 
+def engine_copy(base: SegmentEngine, cache: EmbeddingCache | None = None) -> SegmentEngine:
+    """A new engine over a deep copy of ``base``'s model (same family, name, device and autocast), so that
+    an adapter applied to it never reaches ``base``; it shares ``base``'s embedding cache unless ``cache``
+    is given (e.g. a private one while training: the adapter's tag changes at every step)."""
+    return SegmentEngine(copy.deepcopy(base.model), base.family, name=base.name, autocast_dtype=base.autocast_dtype,
+                         cache=base.cache if cache is None else cache)
+
+
 def robust_copy(base: SegmentEngine, source: str | Path, revision: str | None = None, merge: bool = True):
     """(engine, adapter): a frozen copy of ``base`` with the adapter of ``source`` (a folder, or a Hub
     repo ``owner/name`` at ``revision``) applied. Raises ``AdapterError`` with the reason when the
     adapter does not fit ``base``."""
     from samdemo.hub import load_adapter_from_hub
 
-    engine = SegmentEngine(copy.deepcopy(base.model), base.family, name=base.name,
-                           autocast_dtype=base.autocast_dtype, cache=base.cache)
+    engine = engine_copy(base)
     adapter = load_adapter_from_hub(engine, source, revision, merge=merge)
     engine.model.requires_grad_(False)
     return engine, adapter

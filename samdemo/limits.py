@@ -9,6 +9,8 @@
 | ε | 32/255 | (the threat model's bound, ``samdemo.attacks.EPS_MAX``) |
 | time per attack / transfer matrix | 120 s / 300 s | ``SAMDEMO_ATTACK_TIME_LIMIT`` / ``SAMDEMO_TRANSFER_TIME_LIMIT`` |
 | time per robustness curve (all its attacks) | 600 s | ``SAMDEMO_CURVE_TIME_LIMIT`` |
+| training an adapter in the app: time / steps / uploaded images | 900 s / 300 / 32 | ``SAMDEMO_TRAIN_TIME_LIMIT`` / ``SAMDEMO_MAX_TRAIN_STEPS`` / ``SAMDEMO_MAX_TRAIN_IMAGES`` |
+| robust models of adapters trained in the app kept in memory (all sessions; others are rebuilt from their files) | 4 | ``SAMDEMO_TRAINED_MODELS`` |
 | waiting for the Hugging Face Hub to answer | 10 s | ``SAMDEMO_HUB_TIMEOUT`` |
 | an adapter's weights from the Hub (checked before downloading) | 20 MB | ``SAMDEMO_MAX_ADAPTER_MB`` |
 | requests waiting in the app's queue | 64 | ``SAMDEMO_QUEUE_SIZE`` |
@@ -56,6 +58,10 @@ MAX_SEED = 2**32 - 1  # exact in the browser's numbers (torch itself takes 64-bi
 ATTACK_TIME_LIMIT_S: float = _env("SAMDEMO_ATTACK_TIME_LIMIT", 120.0)
 TRANSFER_TIME_LIMIT_S: float = _env("SAMDEMO_TRANSFER_TIME_LIMIT", 300.0)
 CURVE_TIME_LIMIT_S: float = _env("SAMDEMO_CURVE_TIME_LIMIT", 600.0)
+TRAIN_TIME_LIMIT_S: float = _env("SAMDEMO_TRAIN_TIME_LIMIT", 900.0)  # training an adapter in the app, checks included
+MAX_TRAIN_STEPS: int = _env("SAMDEMO_MAX_TRAIN_STEPS", 300, int)  # the shipped adapters' recipe
+MAX_TRAIN_IMAGES: int = _env("SAMDEMO_MAX_TRAIN_IMAGES", 32, int)  # uploaded images per training run
+TRAINED_MODELS: int = _env("SAMDEMO_TRAINED_MODELS", 4, int)  # each is a full copy of its model
 HUB_TIMEOUT_S: float = _env("SAMDEMO_HUB_TIMEOUT", 10.0)
 MAX_ADAPTER_MB: float = _env("SAMDEMO_MAX_ADAPTER_MB", 20.0)  # adapters hold thousands of numbers: kilobytes
 QUEUE_SIZE: int = _env("SAMDEMO_QUEUE_SIZE", 64, int)
@@ -239,7 +245,9 @@ def check_eps255(value) -> float:
     return eps
 
 
-def _whole(value, what: str, low: int, high: int, env: str = "") -> int:
+def whole_number(value, what: str, low: int, high: int, env: str = "") -> int:
+    """``value`` as an int in [low, high]; a UserError naming ``what`` (and the variable ``env`` that sets
+    ``high``) otherwise."""
     number = _number(value, what)
     if number != int(number) or not low <= number <= high:
         limit = f" ({env})" if env else ""
@@ -248,11 +256,15 @@ def _whole(value, what: str, low: int, high: int, env: str = "") -> int:
 
 
 def check_steps(value) -> int:
-    return _whole(value, "Steps", 1, MAX_STEPS, "SAMDEMO_MAX_STEPS")
+    return whole_number(value, "Steps", 1, MAX_STEPS, "SAMDEMO_MAX_STEPS")
+
+
+def check_train_steps(value) -> int:
+    return whole_number(value, "Training steps", 1, MAX_TRAIN_STEPS, "SAMDEMO_MAX_TRAIN_STEPS")
 
 
 def check_seed(value) -> int:
-    return 0 if value is None else _whole(value, "The seed", 0, MAX_SEED)
+    return 0 if value is None else whole_number(value, "The seed", 0, MAX_SEED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,15 +272,15 @@ def check_seed(value) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def with_time_limit(progress: Callable | None, seconds: float, what: str = "attack") -> Callable:
-    """Wrap an attack's progress callback (``progress(t, T)`` or the transfer matrix's
-    ``progress(label, t, T)``, called after every step) so that it stops the attack with
+    """Wrap an attack's progress callback (``progress(t, T)``, the transfer matrix's
+    ``progress(label, t, T)`` or training's ``progress(t, T, stage=text)``, called after every step) so that it stops the attack with
     :class:`TimeLimitExceeded` once ``seconds`` have passed since this call. A step that started
     before the limit finishes first."""
     start = time.monotonic()
 
-    def update(*args) -> None:
+    def update(*args, **kwargs) -> None:
         if progress is not None:
-            progress(*args)
+            progress(*args, **kwargs)
         elapsed = time.monotonic() - start
         if elapsed > seconds:
             step, total = args[-2], args[-1]

@@ -44,6 +44,11 @@ singular_values.png.
     python -m samdemo train-adapter --model sam2-small --data ~/photos --out /tmp/sam2-photos-adapter
     python -m samdemo train-adapter --model sam2-small --targets 'image_encoder.*' --svd-rank 14  # 504 values
 
+From Python (the app's *Train a robust adapter*): ``train_adapter(cfg, run_dir, out_dir, engine=copy,
+images=[H x W x 3 uint8 arrays], progress=fn, cancel=event)``: label-free images in memory
+(:class:`ImageData`, the same path as a folder), ``progress(step, total, stage=text)`` and a
+``threading.Event`` that stops training within a step.
+
 Defaults are the recipe of the shipped adapters, sized for sam-small / sam2-small on the 2-core
 CPU box: 300 steps of 4 scenes at lr 0.05 (measured 3.0-3.9 s per step on one core while two
 runs shared the machine, plus ~20 s per held-out evaluation of 16 scenes with a 10-step attack,
@@ -56,11 +61,13 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +78,7 @@ from samdemo.defense import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_
 from samdemo.attacks.base import eps_from_255
 from samdemo.pipeline import AttackRequest, craft
 from samdemo.engine import SegmentEngine, image_to_tensor
+from samdemo.errors import AttackCancelled, UserError
 from samdemo.prompts import Prompt, prompts_from_mask
 from samdemo.quality import prompt_quality
 from samdemo.losses import segmentation_loss
@@ -151,34 +159,46 @@ class SceneData:
         return self._heldout(n, size=self.size)
 
 
-class FolderData:
-    """Any folder of images; targets are the original model's own clean segments (label-free)."""
+class ImageData:
+    """Images without labels; targets are the original model's own clean segments (label-free).
 
-    def __init__(self, folder: Path, engine: SegmentEngine, size: int, eval_images: int):
+    ``images``: H x W x 3 uint8 arrays of any size, each centre-cropped to a square and resized to
+    ``size`` px. The last ``min(eval_images, max(1, N // 5))`` are held out for the before / after
+    check. ``engine`` must be the *original* model (no adapter yet): its answers to a 4 x 4 point
+    grid, computed once here, are the targets."""
+
+    def __init__(self, images: Sequence[np.ndarray], engine: SegmentEngine, size: int, eval_images: int,
+                 source: str = "images"):
+        if len(images) < 2:
+            raise UserError(f"{source}: need at least 2 images (one to train on, one held out for the check), "
+                            f"found {len(images)}.")
+        squares = [square_image(image, size) for image in images]
+        samples = [SimpleNamespace(image=image, masks=self.pseudo_masks(engine, image)) for image in
+                   tqdm(squares, desc="pseudo-labels (original model)", leave=False)]
+        n_eval = min(eval_images, max(1, len(samples) // 5))
+        self.train_samples, self.eval_samples = samples[:-n_eval], samples[-n_eval:]
+        self.description = (f"{len(images)} images from {source} ({len(self.train_samples)} train, {n_eval} held "
+                            "out); targets: the original model's clean segments")
+
+    @classmethod
+    def from_folder(cls, folder: Path, engine: SegmentEngine, size: int, eval_images: int) -> "ImageData":
+        """Every image under ``folder`` (recursively, by suffix: ``IMAGE_SUFFIXES``), in name order."""
         from PIL import Image
 
         paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(paths) < 2:
-            raise ValueError(f"--data {folder}: need at least 2 images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
-                             f"found {len(paths)}.")
+            raise UserError(f"--data {folder}: need at least 2 images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                            f"found {len(paths)}.")
         images = []
         for path in paths:
             with Image.open(path) as im:
-                im = im.convert("RGB")
-                side = min(im.size)
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-                images.append(np.asarray(im, dtype=np.uint8).copy())
-        samples = [SimpleNamespace(image=image, masks=self.pseudo_masks(engine, image)) for image in
-                   tqdm(images, desc="pseudo-labels (original model)", leave=False)]
-        n_eval = min(eval_images, max(1, len(samples) // 5))
-        self.train_samples, self.eval_samples = samples[:-n_eval], samples[-n_eval:]
-        self.description = (f"{len(paths)} images from {folder} ({len(self.train_samples)} train, {n_eval} held out); "
-                            "targets: the original model's clean segments")
+                images.append(square_image(np.asarray(im.convert("RGB"), dtype=np.uint8), size))  # small at once
+        return cls(images, engine, size, eval_images, source=str(folder))
 
     @staticmethod
     @torch.no_grad()
     def pseudo_masks(engine: SegmentEngine, image: np.ndarray) -> np.ndarray:
+        """K x H x W bool: the model's distinct clean segments for a 4 x 4 point grid (at least one)."""
         from samdemo.attacks import sample_prompt_pool
 
         features = engine.embed(image_to_tensor(image))
@@ -190,6 +210,20 @@ class FolderData:
 
     def heldout(self, n: int) -> list:
         return self.eval_samples[:n]
+
+
+def square_image(image: np.ndarray, size: int) -> np.ndarray:
+    """H x W x 3 uint8 -> its centre square resized to size x size x 3 uint8 (bicubic)."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise UserError(f"A training image must be H x W x 3 uint8, got shape {image.shape} ({image.dtype}).")
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = Image.fromarray(np.ascontiguousarray(image[top:top + side, left:left + side]))
+    return np.asarray(square.resize((size, size), Image.BICUBIC), dtype=np.uint8).copy()
 
 
 # ---------------------------------------------------------------------- loss
@@ -230,11 +264,12 @@ def prompted_losses(engine: SegmentEngine, images: torch.Tensor, prompts: list[l
 
 # ---------------------------------------------------------------------- evaluation
 def attacked_quality(engine: SegmentEngine, scenes: list, attack: str, cfg: AdapterTrainConfig,
-                     chunk: int = 8) -> dict[str, float]:
+                     chunk: int = 8, cancel: threading.Event | None = None) -> dict[str, float]:
     """mIoU (``prompt_quality``) on the scenes after attacking each against ``engine`` itself.
 
     Attacks get the evaluation prompts (used by prompt-specific attacks such as "mask"); seeds
-    are fixed per scene, so successive evaluations face comparable attacks.
+    are fixed per scene, so successive evaluations face comparable attacks. ``cancel`` (set) stops the
+    attack after its current step (:class:`AttackCancelled`).
     """
     attacked = []
     for start in range(0, len(scenes), chunk):
@@ -243,16 +278,17 @@ def attacked_quality(engine: SegmentEngine, scenes: list, attack: str, cfg: Adap
         prompts = [[p for m in s.masks for p in prompts_from_mask(m).values()] for s in part]
         request = AttackRequest(attack=attack, eps255=cfg.eps, steps=cfg.eval_attack_steps, generator=cfg.generator,
                                 seed=cfg.seed * 7919 + start)
-        result = craft(request, engine, images, prompts)
+        result = craft(request, engine, images, prompts, cancel=cancel)
         attacked += [SimpleNamespace(image=result.to_uint8(i), masks=s.masks) for i, s in enumerate(part)]
     return prompt_quality(engine, attacked)
 
 
-def heldout_quality(engine: SegmentEngine, scenes: list, cfg: AdapterTrainConfig) -> dict:
+def heldout_quality(engine: SegmentEngine, scenes: list, cfg: AdapterTrainConfig,
+                    cancel: threading.Event | None = None) -> dict:
     """Clean mIoU per prompt type, and under each of the config's evaluation attacks."""
     out = {"clean": prompt_quality(engine, scenes), "attacked": {}}
     for name in cfg.eval_attack_list():
-        out["attacked"][name] = attacked_quality(engine, scenes, name, cfg)
+        out["attacked"][name] = attacked_quality(engine, scenes, name, cfg, cancel=cancel)
     return out
 
 
@@ -262,8 +298,10 @@ def _summary(evaluation: dict) -> str:
     return ", ".join(parts)
 
 
-def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | None, description: str) -> dict:
-    """The adapter's ``metrics``: baseline (original model) and final rows, plus the raw numbers."""
+def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | None, description: str,
+                  heldout: int | None = None) -> dict:
+    """The adapter's ``metrics``: baseline (original model) and final rows, plus the raw numbers.
+    ``heldout``: the number of held-out images (default ``cfg.eval_scenes``)."""
     rows = []
     for label, result in (("original", baseline), ("adapted", final)):
         if result is None:
@@ -275,7 +313,7 @@ def metrics_table(cfg: AdapterTrainConfig, baseline: dict | None, final: dict | 
                 rows.append({"condition": f"{name} attack ({cfg.eps:g}/255, {cfg.eval_attack_steps} "
                                           f"steps, against the {label} model), {label}"}
                             | {k: result["attacked"][name][k] for k in ("point", "box", "mask")})
-    note = (f"Held-out data: {description}; {cfg.eval_scenes} images. Attacks are white-box and adaptive: crafted "
+    note = (f"Held-out data: {description}; {cfg.eval_scenes if heldout is None else heldout} images. Attacks are white-box and adaptive: crafted "
             "against the model being evaluated (the original model for 'original' rows, the adapted one for "
             "'adapted' rows).")
     return {"table": rows, "baseline": baseline, "final": final, "note": note}
@@ -299,11 +337,23 @@ def image_seed(cfg: AdapterTrainConfig, step: int, position: int) -> int:
     return cfg.seed * 1_000_003 + step * cfg.batch + position
 
 
+ProgressFn = Callable[..., None]  # progress(step, total, stage="...")
+
+
 def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None = None, resume: bool = True,
-                  engine: SegmentEngine | None = None) -> dict:
+                  engine: SegmentEngine | None = None, *, images: Sequence[np.ndarray] | None = None,
+                  images_source: str = "images given in memory", progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> dict:
     """Train (or resume) in ``run_dir``; write the adapter folder to ``out_dir``. Returns the log.
 
-    ``engine``: an existing engine (default: built from ``cfg.model`` / ``cfg.arch`` on ``cfg.device``).
+    ``engine``: an existing engine (default: built from ``cfg.model`` / ``cfg.arch`` on ``cfg.device``); the adapter is
+    applied to it in place during training and removed at the end, whatever happens (so give a copy
+    of a model that others use meanwhile). ``images``: H x W x 3 uint8 arrays to train on instead of
+    ``cfg.data``, label-free (:class:`ImageData`; ``images_source`` names them in the log).
+    ``progress(step, total, stage=text)``: called before each held-out check and after every
+    optimiser step (an exception raised there, e.g. a time limit, stops training). ``cancel``: once set,
+    training stops within the current step (its attack stops after its current iteration) with
+    :class:`AttackCancelled`; nothing is written to ``out_dir`` then.
 
     Under ``torchrun --nproc-per-node N`` process r takes images r, r + N, ... of every global
     batch of ``cfg.batch`` images, crafts their attacks (per-image seeds, :func:`image_seed`) and
@@ -325,20 +375,26 @@ def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None =
         engine = engine or build_engine(cfg, distributed.local_device(cfg.device))
         engine.model.eval()
         size = cfg.image_size or engine.image_size
-        data = SceneData(size) if cfg.data == "scenes" else FolderData(Path(cfg.data), engine, size, cfg.eval_scenes)
+        if images is not None:
+            data = ImageData(images, engine, size, cfg.eval_scenes, images_source)
+        elif cfg.data == "scenes":
+            data = SceneData(size)
+        else:
+            data = ImageData.from_folder(Path(cfg.data), engine, size, cfg.eval_scenes)
         eval_set = data.heldout(cfg.eval_scenes)
 
         adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
                                 rank=cfg.update_rank(), seed=cfg.seed)
         try:
-            return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set)
+            return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set, progress, cancel)
         finally:
             adapter.remove()
     finally:
         distributed.teardown()
 
 
-def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_set) -> dict:
+def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_set, progress=None,
+           cancel=None) -> dict:
     rank, world = distributed.group()
     optimizer = torch.optim.Adam(adapter.param_groups(cfg.lr))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * (
@@ -347,7 +403,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
     log: dict = {"config": asdict(cfg), "processes": world, "model": engine.name, "data": data.description,
                  "method": adapter.method,
                  "layers": adapter.names, "num_trainable": adapter.num_trainable,
-                 "fingerprint": adapter.config.fingerprint, "train": [], "eval": [], "seconds": 0.0}
+                 "fingerprint": adapter.config.fingerprint, "heldout_images": len(eval_set), "train": [], "eval": [],
+                 "seconds": 0.0}
     step = 0
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -375,9 +432,14 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
                     "fingerprint": adapter.config.fingerprint}, state_path)
         log_path.write_text(json.dumps(log, indent=1))
 
+    def report(stage: str) -> None:
+        if progress is not None:
+            progress(step, cfg.steps, stage=stage)
+
     def run_eval():
         if rank == 0:
-            result = heldout_quality(engine, eval_set, cfg)
+            report("held-out check of the " + ("adapted" if step else "original") + " model")
+            result = heldout_quality(engine, eval_set, cfg, cancel=cancel)
             adapter.refresh_tag()
             log["eval"].append({"step": step, "seconds": round(log["seconds"], 1)} | result)
             tqdm.write(f"step {step}: held-out mIoU {_summary(result)}")
@@ -390,6 +452,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
     positions = range(rank, cfg.batch, world)  # this process's images of every global batch
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train-adapter {engine.name}", disable=rank != 0)
     while step < cfg.steps:
+        if cancel is not None and cancel.is_set():
+            raise AttackCancelled(f"training cancelled at step {step} of {cfg.steps}")
         # one random stream per image of the global batch: any number of processes draws the same prompts
         rngs = [np.random.default_rng([cfg.seed, step, position]) for position in positions]
         indices = [step * cfg.batch + position for position in positions]
@@ -403,8 +467,8 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         if cfg.adv_weight:
             adv = torch.cat([
                 craft(AttackRequest(attack=name, eps255=cfg.eps, steps=cfg.attack_steps, generator=cfg.generator,
-                                    seed=image_seed(cfg, step, position)), engine, images[i:i + 1], [prompts[i]]
-                      ).adv_images for i, position in enumerate(positions)]).to(engine.device)
+                                    seed=image_seed(cfg, step, position)), engine, images[i:i + 1], [prompts[i]],
+                      cancel=cancel).adv_images for i, position in enumerate(positions)]).to(engine.device)
             loss_adv = prompted_losses(engine, adv, prompts, targets).sum() / count
         else:  # clean-only fine-tuning (a control): no attack is crafted
             name, loss_adv = "none", torch.zeros((), device=engine.device)
@@ -421,6 +485,7 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         log["train"].append([step, *(round(v, 5) for v in values), name])
         bar.update(1)
         bar.set_postfix(loss=f"{values[0]:.4f}", adv=f"{values[1]:.3f}", clean=f"{values[2]:.3f}", attack=name)
+        report(f"step {step}/{cfg.steps}, loss {values[0]:.3f} (adversarial {values[1]:.3f}, clean {values[2]:.3f})")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             run_eval()
         elif step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -441,7 +506,7 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
         evals = log["eval"]
         baseline = next((e for e in evals if e["step"] == 0), None)
         final = evals[-1] if evals and evals[-1]["step"] == step else None
-        metrics = metrics_table(cfg, baseline, final, data.description)
+        metrics = metrics_table(cfg, baseline, final, data.description, len(eval_set))
         recipe = asdict(cfg) | {"completed_steps": step,
                                 "train_seconds": round(log["seconds"], 1), "data_description": data.description,
                                 "num_trainable": adapter.num_trainable, "lr_rule": LAYER_TYPES[cfg.method].lr_rule,

@@ -481,17 +481,72 @@ def test_train_adapter_on_an_unlabelled_folder(tmp_path):
     from PIL import Image
 
     from samdemo.scenes import train_scene
-    from samdemo.train_adapter import FolderData, build_engine, train_adapter
+    from samdemo.train_adapter import ImageData, build_engine, train_adapter
 
     for i in range(5):
         Image.fromarray(train_scene(i, size=80).image).save(tmp_path / f"img{i}.png")  # 80 px: cropped/resized to 64
     cfg = _train_cfg(data=str(tmp_path), steps=2, eval_every=2, eval_scenes=2, eval_attack_steps=1,
                      eval_attacks="feature")
     engine = build_engine(cfg)
-    data = FolderData(tmp_path, engine, 64, eval_images=2)
+    data = ImageData.from_folder(tmp_path, engine, 64, eval_images=2)
     assert len(data.train_samples) == 4 and len(data.eval_samples) == 1
     assert data.train(0).image.shape == (64, 64, 3) and data.train(0).masks.ndim == 3
     log = train_adapter(cfg, tmp_path / "run", tmp_path / "out", engine=engine)
     assert "original model's clean segments" in log["data"] and len(log["train"]) == 2
     with pytest.raises(ValueError, match="need at least 2 images"):
-        FolderData(tmp_path / "run", engine, 64, eval_images=2)
+        ImageData.from_folder(tmp_path / "run", engine, 64, eval_images=2)
+
+
+def test_train_adapter_on_images_in_memory_reports_progress(tmp_path):
+    from samdemo.scenes import train_scene
+    from samdemo.train_adapter import ImageData, build_engine, train_adapter
+
+    images = [train_scene(i, size=96).image[:, 8:88] for i in range(3)]  # 96 x 80: centre-cropped, resized to 64
+    cfg = _train_cfg(steps=3, eval_every=3, eval_scenes=1, eval_attack_steps=1, eval_attacks="feature")
+    engine = build_engine(cfg)
+    data = ImageData(images, engine, 64, eval_images=1, source="the test's arrays")
+    assert len(data.train_samples) == 2 and data.eval_samples[0].image.shape == (64, 64, 3)
+    assert data.train(0).masks.ndim == 3 and data.train(0).masks.shape[1:] == (64, 64)
+    calls = []
+    log = train_adapter(cfg, tmp_path / "run", tmp_path / "out", engine=engine, images=images,
+                        images_source="the test's arrays", progress=lambda t, n, stage: calls.append((t, n, stage)))
+    assert "3 images from the test's arrays (2 train, 1 held out)" in log["data"]
+    assert [(t, n) for t, n, _ in calls] == [(0, 3), (1, 3), (2, 3), (3, 3), (3, 3)]
+    assert calls[0][2] == "held-out check of the original model" and calls[-1][2] == "held-out check of the adapted model"
+    assert calls[1][2].startswith("step 1/3, loss ")
+    assert [e["step"] for e in log["eval"]] == [0, 3] and (tmp_path / "out" / CONFIG_FILE).exists()
+    with pytest.raises(ValueError, match="need at least 2 images"):
+        ImageData(images[:1], engine, 64, eval_images=1)
+    with pytest.raises(ValueError, match="H x W x 3 uint8"):
+        ImageData([images[0], images[1].astype(np.float32)], engine, 64, eval_images=1)
+
+
+def test_cancelling_training_stops_within_a_step_and_leaves_no_adapter(tmp_path):
+    import threading
+
+    from samdemo.errors import AttackCancelled
+    from samdemo.train_adapter import build_engine, train_adapter
+
+    cfg = _train_cfg(steps=50, attack_steps=50, attacks="feature")
+    engine = build_engine(cfg)
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    cancel, iterations = threading.Event(), []
+    from samdemo import train_adapter as training
+
+    real_craft = training.craft
+
+    def craft_that_cancels(request, *args, progress=None, **kwargs):
+        def count(t, total):  # the user presses Cancel during the second step's attack, at its 3rd iteration
+            iterations.append(t)
+            if len(iterations) == 50 + 3:
+                cancel.set()
+        return real_craft(request, *args, progress=count, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "craft", craft_that_cancels)
+        with pytest.raises(AttackCancelled):
+            train_adapter(cfg, tmp_path / "run", tmp_path / "out", engine=engine, cancel=cancel)
+    assert len(iterations) == 50 + 3  # the attack stopped after its current iteration: no fourth one
+    assert get_adapter(engine) is None and not (tmp_path / "out").exists()
+    after = engine.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -249,3 +249,50 @@ def test_app_py_starts_and_serves(tmp_path):
     finally:
         stop(process)
         log.close()
+
+
+def test_train_an_adapter_and_attack_with_it(url, tmp_path):
+    """Training through the API (2 steps, generated scenes, then 2 uploaded images); the adapter is this
+    session's robust model at once, and no other session's."""
+    client, other = Client(url, verbose=False), Client(url, verbose=False)
+    table, md, kind, adapter_md, plot = client.predict("sam-small", "paper", 4, 2, "scenes", None,
+                                                       api_name="/train_adapter")
+    assert table["headers"] == ["held-out condition", "point mIoU", "box mIoU", "mask mIoU"]
+    assert [row[0].split(" (")[0] for row in table["data"]] == ["clean, original", "clean, adapted",
+                                                               "cross-prompt attack", "cross-prompt attack"]
+    assert kind == "trained" and "**Trained** sam-small" in md and "trained in this session" in adapter_md
+    assert plot["type"] == "matplotlib"
+    client.predict("sam-small", 0, api_name="/load_example")
+    client.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    outputs = client.predict("sam-small", "trained", "", "", "feature", "pgd", 8, 1, 0, "robust", api_name="/attack")
+    assert outputs[2]["label"].startswith("Robust model · clean") and "robust" in outputs[-1]
+    other.predict("sam-small", 0, api_name="/load_example")
+    other.predict(MODE_POSITIVE, "sam-small", 128, 100, api_name="/click")
+    with pytest.raises(AppError, match="No adapter has been trained in this session"):
+        other.predict("sam-small", "trained", "", "", "feature", "pgd", 8, 1, 0, "robust", api_name="/attack")
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"photo{i}.png")
+        cv2.imwrite(str(paths[-1]), cv2.imread(str(REPO / "assets" / f"scene-{i}.png")))
+    table, md, kind, *_ = client.predict("sam-small", "spread", 3, 1, "uploads", [handle_file(str(p)) for p in paths],
+                                         api_name="/train_adapter")
+    assert "2 images from your uploads (1 train, 1 held out)" in md and "3 singular values per layer" in md
+
+
+def test_training_errors_are_readable(client, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the server runs in this process
+    with pytest.raises(AppError, match="Upload at least 2 images"):
+        client.predict("sam-small", "paper", 4, 2, "uploads", None, api_name="/train_adapter")
+    with pytest.raises(AppError, match="Training steps must be a whole number from 1 to 300"):
+        client.predict("sam-small", "paper", 4, 2.5, "scenes", None, api_name="/train_adapter")
+    with pytest.raises(AppError, match="Train an adapter first"):
+        client.predict("me/adapter", "hf_token", False, api_name="/push_adapter")
+    client.predict("sam-small", "paper", 4, 1, "scenes", None, api_name="/train_adapter")
+    with pytest.raises(AppError, match="is not a Hugging Face Hub repo id"):
+        client.predict("not a repo", "hf_token", False, api_name="/push_adapter")
+    with pytest.raises(AppError, match="HF_HUB_OFFLINE=1"):  # offline: the Hub is not asked
+        client.predict("me/adapter", "hf_token", False, api_name="/push_adapter")
+    assert client.predict(api_name="/cancel_training") == "No attack is running."

@@ -1,7 +1,8 @@
 """What the app computes, on top of :mod:`samdemo.pipeline`: the clean mask of the user's prompt, an
 attack compared on the original and the robust model, the transfer matrix of the user's object, the
 robustness curve (:mod:`samdemo.robustness_curve`), "segment everything" under attack
-(:mod:`samdemo.segment_everything`) and the settings of a download bundle (:mod:`samdemo.bundle`).
+(:mod:`samdemo.segment_everything`), the settings of a download bundle (:mod:`samdemo.bundle`) and
+a robustness adapter trained for the session (:mod:`samdemo.train_adapter`, :class:`TrainJob`).
 
 Each action takes one typed request (:class:`AttackJob`, built by keyword from the widgets' values and
 checked with the app's own messages) and returns a typed outcome of masks, IoUs and timings; the
@@ -10,15 +11,17 @@ pictures are drawn by :mod:`samdemo.app.render`.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from samdemo import limits
-from samdemo.app.models import AdapterChoice, ModelManager
+from samdemo.app.models import ADAPTER_TRAINED, AdapterChoice, ModelManager, RobustModel, TrainedAdapter
 from samdemo.app.session import PromptState
 from samdemo.engine import SegmentEngine
 from samdemo.errors import PromptError, UserError
@@ -26,6 +29,7 @@ from samdemo.metrics import ATTACK_SUCCESS_IOU, mask_iou
 from samdemo.pipeline import AttackRequest, run_attack as run_pipeline
 from samdemo.robustness_curve import CURVE_EPS255, RobustnessCurve, robustness_curve
 from samdemo.segment_everything import EverythingUnderAttack, everything_under_attack
+from samdemo.train_adapter import AdapterTrainConfig
 
 TARGET_ORIGINAL, TARGET_ROBUST = "original", "robust"
 PANEL_KEYS = ("original/clean", "original/adversarial", "robust/clean", "robust/adversarial")
@@ -43,8 +47,9 @@ class AttackJob:
 
     @classmethod
     def from_widgets(cls, *, model: str, adapter_kind, repo_id, revision, attack, generator, eps255, steps, seed,
-                     target) -> "AttackJob":
-        """The widgets' values (or the API's) -> a checked job; :class:`UserError` naming the field otherwise."""
+                     target, trained: TrainedAdapter | None = None) -> "AttackJob":
+        """The widgets' values (or the API's) -> a checked job; :class:`UserError` naming the field otherwise.
+        ``trained``: the session's trained adapter (used when ``adapter_kind`` is "trained")."""
         from samdemo.attacks import ATTACKS, GENERATORS
 
         if attack not in ATTACKS:
@@ -55,7 +60,7 @@ class AttackJob:
             raise UserError(f"Unknown target {limits.quoted(target)}.")
         request = AttackRequest(attack=attack, generator=generator, eps255=limits.check_eps255(eps255),
                                 steps=limits.check_steps(steps), seed=limits.check_seed(seed))
-        return cls(model=model, adapter=AdapterChoice.parse(adapter_kind, repo_id, revision), request=request,
+        return cls(model=model, adapter=AdapterChoice.parse(adapter_kind, repo_id, revision, trained), request=request,
                    target=target)
 
 
@@ -254,15 +259,114 @@ def bundle_settings(job: AttackJob, prompts: PromptState) -> tuple[dict, list[st
         settings["step_size"] = request.step_size255
     adapter = job.adapter
     settings["adapter"] = {"shipped": "shipped", "hub": f"{adapter.repo_id}@{adapter.revision}".rstrip("@"),
-                           "none": None}[adapter.kind]
+                           "none": None, ADAPTER_TRAINED: None}[adapter.kind]
     positive = [[x, y] for x, y, label in prompts.points if label == 1]
     negative = [[x, y] for x, y, label in prompts.points if label == 0]
     settings |= {"point": positive or None, "negative_point": negative or None,
                  "box": None if prompts.box is None else list(prompts.box)}
     caveats = []
+    if adapter.kind == ADAPTER_TRAINED:
+        caveats.append("the robust model's adapter was trained in the app and is not in the bundle: push it to the "
+                       "Hub from the app, then replay with --adapter owner/name@commit")
     if prompts.mask is not None:
         caveats.append("the painted mask prompt is not a CLI option: the replay segments without it"
                        + (", and the mask attack is crafted without it" if request.uses_prompts else ""))
     if prompts.ground_truth is not None:
         caveats.append("the painted ground truth is in masks/ground-truth.png; the CLI scores against clean masks")
     return settings, caveats
+
+
+# ---------------------------------------------------------------------------------------------
+# Training a robustness adapter for the session
+# ---------------------------------------------------------------------------------------------
+BUDGET_PAPER, BUDGET_SPREAD = "paper", "spread"
+SOURCE_EXAMPLES, SOURCE_UPLOADS, SOURCE_SCENES = "examples", "uploads", "scenes"
+MAX_VALUES_PER_LAYER = 64  # "spread": k largest singular values per layer (narrow layers train all they have)
+# The recipe of the app's runs: samdemo.train_adapter's defaults (the shipped adapters'), with 2 images per
+# step and a held-out check of 4 images (clean, and a 10-step cross-prompt attack) before and after.
+APP_TRAIN_SETTINGS = dict(batch=2, eval_scenes=4, eval_attacks="cross-prompt", eval_attack_steps=10,
+                          checkpoint_every=10**9)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJob:
+    """One training run as the app runs it: the model, the training recipe (``config``) and where the
+    images come from (``source``: the bundled examples, the uploads, or generated scenes)."""
+
+    model: str
+    config: AdapterTrainConfig
+    source: str
+
+    @classmethod
+    def from_widgets(cls, *, model: str, budget, values_per_layer, steps, source) -> "TrainJob":
+        """The widgets' values (or the API's) -> a checked job; :class:`UserError` naming the field otherwise.
+        ``budget``: "paper" (every singular value of the family's default layers, the neck: 512 on Meta's models)
+        or "spread" (the ``values_per_layer`` largest of every layer of the image encoder)."""
+        if budget not in (BUDGET_PAPER, BUDGET_SPREAD):
+            raise UserError(f"Unknown budget {limits.quoted(budget)}; choose {BUDGET_PAPER} or {BUDGET_SPREAD}.")
+        if source not in (SOURCE_EXAMPLES, SOURCE_UPLOADS, SOURCE_SCENES):
+            raise UserError(f"Unknown image source {limits.quoted(source)}; choose {SOURCE_EXAMPLES}, "
+                            f"{SOURCE_UPLOADS} or {SOURCE_SCENES}.")
+        steps = limits.check_train_steps(steps)
+        spread = {}
+        if budget == BUDGET_SPREAD:
+            k = limits.whole_number(values_per_layer, "Singular values per layer", 1, MAX_VALUES_PER_LAYER)
+            spread = dict(targets="image_encoder.*", svd_rank=k)
+        config = AdapterTrainConfig(model=model, data=source, steps=steps, warmup=min(10, max(1, steps // 5)),
+                                    eval_every=steps, **APP_TRAIN_SETTINGS, **spread)
+        return cls(model=model, config=config, source=source)
+
+
+@dataclass
+class TrainOutcome:
+    """A finished run: the session's new adapter, its robust model (already built), the held-out table
+    (rows of ``metrics_table``: condition and mIoU per prompt type, original then adapted) and the log."""
+
+    trained: TrainedAdapter
+    robust: RobustModel
+    table: list[dict]
+    note: str
+    log: dict
+    seconds: float
+
+
+def run_training(manager: ModelManager, job: TrainJob, images: Sequence[np.ndarray] | None, out_dir: Path,
+                 progress: Callable[..., None] | None = None, cancel: threading.Event | None = None,
+                 time_limit: float | None = None) -> TrainOutcome:
+    """Train an SVD adapter for ``job.model`` (``samdemo.train_adapter``) on a private copy of the shared
+    model, write it to ``out_dir`` and build its robust model (merged, frozen: ``samdemo.factory.robust_copy``).
+
+    ``images``: H x W x 3 uint8 arrays (label-free: targets are the original model's clean segments), or
+    None for generated scenes (ground-truth masks). ``progress(step, total, stage=text)``; ``cancel`` stops
+    within a step (:class:`samdemo.errors.AttackCancelled`); past ``time_limit`` s (default
+    ``limits.TRAIN_TIME_LIMIT_S``) it stops with :class:`samdemo.errors.TimeLimitExceeded`. The shared model
+    is never touched: other sessions keep using it meanwhile."""
+    from samdemo.engine import EmbeddingCache
+    from samdemo.factory import engine_copy
+    from samdemo.train_adapter import metrics_table, train_adapter
+
+    t0 = time.perf_counter()
+    base = manager.engine(job.model)
+    engine = engine_copy(base, cache=EmbeddingCache(64 * 2**20))  # the adapter's tag changes at every step
+    seconds = limits.TRAIN_TIME_LIMIT_S if time_limit is None else time_limit
+    what = {SOURCE_EXAMPLES: "the bundled examples", SOURCE_UPLOADS: "your uploads"}.get(job.source, "")
+    try:
+        with tempfile.TemporaryDirectory(prefix="samdemo-train-run-") as run_dir:
+            log = train_adapter(job.config, Path(run_dir), out_dir, resume=False, engine=engine, images=images,
+                                images_source=what, progress=limits.with_time_limit(progress, seconds, "training"),
+                                cancel=cancel)
+    except ValueError as error:  # e.g. a budget that does not fit the model's layers
+        if isinstance(error, UserError):
+            raise
+        raise UserError(str(error)) from None
+    finally:
+        del engine  # frees the training copy (a full model) before the robust copy is made
+    evals = {e["step"]: e for e in log["eval"]}
+    metrics = metrics_table(job.config, evals.get(0), evals.get(job.config.steps), log["data"], log["heldout_images"])
+    config = job.config
+    budget = (f"{config.svd_rank} singular values per layer" if config.svd_rank else "every singular value") + \
+        f" of {len(log['layers'])} layers"
+    trained = TrainedAdapter(job.model, Path(out_dir), f"{job.model}, {log['num_trainable']:,} values ({budget}), "
+                                                       f"{config.steps} steps")
+    robust = manager.robust(job.model, AdapterChoice(ADAPTER_TRAINED, trained=trained))
+    return TrainOutcome(trained, robust, metrics["table"], metrics["note"], log, time.perf_counter() - t0)

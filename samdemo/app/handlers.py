@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -17,20 +19,21 @@ import gradio as gr
 import numpy as np
 
 from samdemo import limits
-from samdemo.app.actions import (PANEL_KEYS, TARGET_ROBUST, AttackJob, bundle_settings, clean_prediction, run_attack,
-                                 run_curve, run_everything, run_transfer)
+from samdemo.app.actions import (PANEL_KEYS, SOURCE_EXAMPLES, SOURCE_UPLOADS, TARGET_ROBUST, AttackJob, TrainJob,
+                                 bundle_settings, clean_prediction, run_attack, run_curve, run_everything,
+                                 run_training, run_transfer)
 from samdemo.app.examples import Example, example_note, load_examples, read_example
-from samdemo.app.models import ADAPTER_HUB, AdapterChoice, ModelManager
+from samdemo.app.models import ADAPTER_HUB, ADAPTER_TRAINED, AdapterChoice, ModelManager, check_repo_id
 from samdemo.app.render import (adapter_figure, before_after, curve_figure, curve_markdown, masks_panel, panel_image,
                                 panel_title, perturbation_image, perturbation_true_scale, render_overlay, save_bundle,
                                 save_png, transfer_figure)
-from samdemo.app.text import TABLE_HEADERS
+from samdemo.app.text import TABLE_HEADERS, TOUR_STEPS
 from samdemo.app.session import (MODE_MASK, Session, add_click, clear_prompts, display_scale, normalize_image,
                                  painted_mask, set_image, set_painted, to_image_frame, undo, upscale, click_coordinate)
 from samdemo.attacks.transfer import DEFAULT_ATTACKS, attack_rows
 from samdemo.build import MODEL_REGISTRY, get_spec
 from samdemo.robustness_curve import CURVE_EPS255
-from samdemo.errors import AttackCancelled, ModelUnavailableError, PromptError, UserError
+from samdemo.errors import AdapterError, AttackCancelled, ModelUnavailableError, PromptError, UserError
 
 log = logging.getLogger("samdemo.app")
 ATTACK_EXTRA_OUTPUTS = 7  # after the panels: table, perturbation, caption, PNG, before / after, true scale, bundle
@@ -111,11 +114,23 @@ def _rows_progress_fn(progress, rows: int):
     return update
 
 
+def _train_progress_fn(progress):
+    """Training's ``progress(t, T, stage=text)`` -> a gr.Progress update."""
+    def update(step: int, total: int, stage: str = "") -> None:
+        progress((int(step), int(total)), desc=f"Training: {stage}", unit="steps")
+    return update
+
+
 class Lab:
     """The app's handlers, bound to one :class:`ModelManager` (app.py wires them to components)."""
 
     def __init__(self, manager: ModelManager | None = None, examples: Sequence[Example] | None = None):
         self.manager = manager or ModelManager()
+        # Adapters trained in the app: one folder per run under a temporary root the server owns (removed at
+        # exit); the most recent limits.MAX_SESSIONS are kept, and a session's own when it trains again or ends.
+        self._trained_root = tempfile.TemporaryDirectory(prefix="samdemo-trained-")
+        self._trained_folders: list[Path] = []
+        self._trained_lock = threading.Lock()  # gr.State's delete callback runs outside the request lanes
         self.examples = list(load_examples() if examples is None else examples)
         self.curve_eps255 = CURVE_EPS255  # the robustness curve's epsilons (1/255 units)
         self.everything_settings: dict = {}  # the mask generator's settings, over segment_everything's defaults
@@ -126,6 +141,7 @@ class Lab:
         self.on_transfer = gpu(int(limits.TRANSFER_TIME_LIMIT_S))(self.on_transfer)
         self.on_curve = gpu(int(limits.CURVE_TIME_LIMIT_S))(self.on_curve)
         self.on_everything = gpu(int(limits.ATTACK_TIME_LIMIT_S) + EVERYTHING_SEGMENT_S)(self.on_everything)
+        self.on_train = gpu(int(limits.TRAIN_TIME_LIMIT_S))(self.on_train)
 
     # ----------------------------------------------------------------- helpers
     def _error(self, error: Exception) -> gr.Error:
@@ -169,7 +185,7 @@ class Lab:
         try:
             session = _copy(session)
             if image is None:
-                session = Session()
+                session = Session(trained=session.trained)
                 return session, None, None, "Upload or paste an image, or pick an example below."
             note = set_image(session, image)
             canvas, status = self.canvas(session, model, note)
@@ -286,8 +302,9 @@ class Lab:
         """Show the Hub fields only for a Hub adapter."""
         return gr.Row(visible=kind == ADAPTER_HUB)
 
-    def on_model(self, model, kind, repo_id, revision, progress=gr.Progress(track_tqdm=True)):
-        """Load the model (downloading it if needed) and its adapter; returns (model info, adapter info, plot)."""
+    def on_model(self, model, kind, repo_id, revision, session=None, progress=gr.Progress(track_tqdm=True)):
+        """Load the model (downloading it if needed) and its adapter; returns (model info, adapter info, plot).
+        ``session``: for the adapter it trained (the "trained" choice)."""
         try:
             spec = get_spec(model)
             if not self.manager.is_loaded(model):
@@ -302,13 +319,14 @@ class Lab:
                 info += " Full-size models are slow on a CPU: an attack step can take many seconds."
         except Exception as error:
             return self._warning(error), "", None
-        adapter_md, figure = self.on_adapter(model, kind, repo_id, revision)
+        adapter_md, figure = self.on_adapter(model, kind, repo_id, revision, session)
         return info, adapter_md, figure
 
-    def on_adapter(self, model, kind, repo_id, revision):
-        """Load the adapter; returns (markdown with its parameter count, singular-value figure)."""
+    def on_adapter(self, model, kind, repo_id, revision, session=None):
+        """Load the adapter; returns (markdown with its parameter count, singular-value figure). ``session``:
+        for the adapter it trained (the "trained" choice)."""
         try:
-            choice = AdapterChoice.parse(kind, repo_id, revision)
+            choice = AdapterChoice.parse(kind, repo_id, revision, getattr(session, "trained", None))
             robust = self.manager.robust(model, choice)
             if robust is None:
                 return ("No adapter: the *robust* panels stay empty and only the original model is attacked.", None)
@@ -338,16 +356,12 @@ class Lab:
         event.set()
         return "Cancelling: the work stops after its current step."
 
-    def _run_heavy(self, request, session, widgets: dict, work):
-        """What on_attack and on_transfer share: check the inputs, build the :class:`AttackJob` from the widgets'
-        values, then ``work(job, image, prompts, cancel event)`` with this session's cancel event. Returns None
-        when the user cancelled."""
+    def _cancellable(self, request, work):
+        """``work(cancel event)`` with this session's cancel event (Cancel sets it); returns None when the user
+        cancelled, and turns every error into a readable gr.Error."""
         key, cancel = self._cancel_event(request)
         try:
-            session = session or Session()
-            image = session.require_image()
-            job = AttackJob.from_widgets(**widgets)
-            return work(job, image, session.prompts, cancel)
+            return work(cancel)
         except AttackCancelled:
             return None
         except Exception as error:
@@ -356,6 +370,18 @@ class Lab:
             with self._cancels_lock:
                 if self._cancels.get(key) is cancel:
                     del self._cancels[key]
+
+    def _run_heavy(self, request, session, widgets: dict, work):
+        """What the attack handlers share: check the inputs, build the :class:`AttackJob` from the widgets'
+        values, then ``work(job, image, prompts, cancel event)`` with this session's cancel event. Returns None
+        when the user cancelled."""
+        def attack_work(cancel):
+            current = session or Session()
+            image = current.require_image()
+            job = AttackJob.from_widgets(**widgets, trained=current.trained)
+            return work(job, image, current.prompts, cancel)
+
+        return self._cancellable(request, attack_work)
 
     def on_attack(self, session, model, kind, repo_id, revision, attack, generator, eps255, steps, seed, target,
                   request: gr.Request = None, progress=gr.Progress()):
@@ -524,6 +550,146 @@ class Lab:
                  f"ε = {attack_request.eps255:g}/255, {attack_request.steps} steps")
         return transfer_figure(outcome.matrix, outcome.rows, outcome.cols, title), md
 
+    # ----------------------------------------------------------------- training
+    def training_images(self, model: str, source: str, files) -> list[np.ndarray] | None:
+        """The images of a training run: the bundled examples that suit ``model``, the uploaded files (paths
+        handed over by gr.File: only this user's uploads), or None for generated scenes."""
+        if source == SOURCE_EXAMPLES:
+            embedded = get_spec(model).embedded
+            return [read_example(self.examples, i)[0] for i, example in enumerate(self.examples)
+                    if example.suits == "all" or not embedded]
+        if source != SOURCE_UPLOADS:
+            return None
+        files = [f for f in (files or []) if f]
+        if len(files) < 2:
+            raise UserError(f"Upload at least 2 images to train on your own images (got {len(files)}): one or more "
+                            "to train on and one held out for the before / after check. Or choose the examples or "
+                            "generated scenes.")
+        if len(files) > limits.MAX_TRAIN_IMAGES:
+            raise UserError(f"{len(files)} images uploaded; at most {limits.MAX_TRAIN_IMAGES} are used for training "
+                            "(SAMDEMO_MAX_TRAIN_IMAGES).")
+        return [limits.read_image(getattr(f, "name", f))[0] for f in files]
+
+    def _new_trained_folder(self) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix="adapter-", dir=self._trained_root.name))
+        with self._trained_lock:
+            self._trained_folders.append(folder)
+            oldest = self._trained_folders[:-limits.MAX_SESSIONS]
+            del self._trained_folders[:-limits.MAX_SESSIONS]
+        for old in oldest:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def _drop_trained(self, trained) -> None:
+        """Forget a session's trained adapter: its robust model and its folder."""
+        if trained is None:
+            return
+        self.manager.forget(trained)
+        self._drop_folder(trained.folder)
+
+    def on_session_end(self, session) -> None:
+        """gr.State's delete callback: an idle session's trained adapter goes with it."""
+        self._drop_trained(getattr(session, "trained", None))
+
+    def on_train(self, session, model, budget, values_per_layer, steps, source, files, request: gr.Request = None,
+                 progress=gr.Progress()):
+        """Train a robustness adapter for this session (``samdemo.train_adapter`` on a private copy of the
+        model): returns the session (now holding the adapter), the held-out table before / after, a summary,
+        the Defense choice ("trained": the next attack uses it), its adapter info and singular-value plot."""
+        folders: list[Path] = []
+
+        def work(cancel):
+            job = TrainJob.from_widgets(model=model, budget=budget, values_per_layer=values_per_layer, steps=steps,
+                                        source=source)
+            images = self.training_images(model, source, files)
+            progress(0.0, desc="Training: the original model's held-out check" + (
+                " (and its segments of your images, the targets)" if images is not None else ""))
+            folders.append(self._new_trained_folder())
+            return run_training(self.manager, job, images, folders[0], _train_progress_fn(progress), cancel)
+
+        outcome = None
+        try:
+            outcome = self._cancellable(request, work)
+        finally:
+            if outcome is None:  # failed or cancelled: nothing of the run is kept
+                for folder in folders:
+                    self._drop_folder(folder)
+        if outcome is None:
+            gr.Warning("Training cancelled.")
+            return (*[gr.skip()] * 5, "Training cancelled before it finished; the robust model is unchanged.")
+        session = _copy(session)
+        if session.trained is not None:
+            self._drop_trained(session.trained)
+        session.trained = outcome.trained
+        rows = [[row["condition"], *(_fmt(float(row[k])) for k in ("point", "box", "mask"))] for row in outcome.table]
+        attacked = [row for row in outcome.table if "attack" in row["condition"]]
+        change = ""
+        if len(attacked) == 2:
+            change = (f" Under the attack, box-prompt mIoU went from {attacked[0]['box']:.3f} (original) to "
+                      f"{attacked[1]['box']:.3f} (adapted).")
+        device = self.manager.engine(model).device.type.upper()
+        md = (f"**Trained** {outcome.trained.description} on {outcome.log['data']}, in {outcome.seconds:.0f} s "
+              f"({device}).{change} This adapter is now this session's **robust model**: the next attack, curve or "
+              f"segment-everything uses it (Defense: *trained in this session*). {outcome.note}")
+        adapter_md, figure = self.on_adapter(model, ADAPTER_TRAINED, "", "", session)
+        return session, rows, md, ADAPTER_TRAINED, adapter_md, figure
+
+    def _drop_folder(self, folder: Path) -> None:
+        with self._trained_lock:
+            if folder in self._trained_folders:
+                self._trained_folders.remove(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    async def train_request(self, session, model, budget, values_per_layer, steps, source, files,
+                            request: gr.Request = None, progress=gr.Progress()):
+        """:meth:`on_train` as the app serves it (stops its work when the request is cancelled)."""
+        return await self._until_stopped(self.on_train, (session, model, budget, values_per_layer, steps, source,
+                                                         files), request, progress)
+
+    def on_push(self, session, repo_id, token, private=False):
+        """Push this session's trained adapter to the Hugging Face Hub with the visitor's own token (used for
+        this upload only: never stored, logged or shown); returns a markdown line with the commit."""
+        from samdemo.defense import WEIGHTS_FILE
+        from samdemo.hub import push_adapter
+
+        token = (token or "").strip()
+        try:
+            trained = getattr(session, "trained", None)
+            if trained is None:
+                raise UserError("Train an adapter first (above); then it can be pushed to the Hub.")
+            repo_id = check_repo_id(repo_id)
+            if not token:
+                raise UserError("Paste a Hugging Face access token with write permission "
+                                "(huggingface.co/settings/tokens): the app never pushes with the server's own login.")
+            if not (trained.folder / WEIGHTS_FILE).is_file():
+                raise UserError("The adapter trained in this session is no longer kept on the server: train it again.")
+            info = push_adapter(trained.folder, repo_id, token=token, private=bool(private) or None)
+        except UserError as error:
+            raise self._error(error) from None
+        except Exception as error:
+            message = _without(_hub_error(error, repo_id), token)
+            log.warning("pushing an adapter to %s failed: %s", repo_id, message)
+            raise gr.Error(message, print_exception=False) from None
+        return (f"Pushed to **{repo_id}** at commit `{info.oid}`. Load it anywhere with Defense *from the Hugging "
+                f"Face Hub* (repo id `{repo_id}`, revision `{info.oid}`), or "
+                f"`samdemo.hub.load_adapter_from_hub(engine, \"{repo_id}\", revision=\"{info.oid}\")`.")
+
+    # ----------------------------------------------------------------- tour
+    def on_tour(self, index, move: int = 0):
+        """The guided tour's step ``index`` moved by ``move`` (clamped): returns (new index, its text)."""
+        try:
+            index = int(index) + int(move)
+        except (TypeError, ValueError):
+            index = 0
+        index = min(max(index, 0), len(TOUR_STEPS) - 1)
+        return index, f"**Step {index + 1} of {len(TOUR_STEPS)}.** {TOUR_STEPS[index]}"
+
+    def on_tour_next(self, index):
+        return self.on_tour(index, 1)
+
+    def on_tour_back(self, index):
+        return self.on_tour(index, -1)
+
 
 def _queue_event():
     """The Gradio queue event of the request being handled (None outside Gradio's queue).
@@ -558,3 +724,21 @@ def _widgets(model, kind, repo_id, revision, attack, generator, eps255, steps, s
     """The attack widgets' values, by name, for :meth:`AttackJob.from_widgets`."""
     return dict(model=model, adapter_kind=kind, repo_id=repo_id, revision=revision, attack=attack,
                 generator=generator, eps255=eps255, steps=steps, seed=seed, target=target)
+
+
+def _hub_error(error: Exception, repo_id: str) -> str:
+    """What the visitor reads when pushing failed."""
+    if isinstance(error, AdapterError):
+        return str(error)
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
+        return (f"The Hub refused the token (HTTP {status}): use a token with write permission for {repo_id}'s "
+                "owner.")
+    if status is not None:
+        return f"The Hub answered HTTP {status} for {repo_id}: {error}"
+    return f"Pushing to {repo_id} failed ({type(error).__name__}: {error}). The adapter is still here: try again."
+
+
+def _without(text: str, secret: str) -> str:
+    """``text`` with ``secret`` (a token) masked: a message must never repeat it."""
+    return text.replace(secret, "***") if secret else text

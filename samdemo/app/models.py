@@ -1,6 +1,8 @@
 """The models behind the app: the original engine per registry name and its robust copy per
 adapter choice, built once per process and shared by every session (their embedding cache is
-thread-safe and keyed by the adapter's tag)."""
+thread-safe and keyed by the adapter's tag). An adapter trained in the app belongs to the session
+that trained it (:class:`TrainedAdapter`, kept in its ``Session``): only that session's choice names
+it, and its robust copy is kept for the most recent ``limits.TRAINED_MODELS`` of them."""
 
 from __future__ import annotations
 
@@ -21,29 +23,46 @@ log = logging.getLogger("samdemo.app")
 # Models offered in the picker: the embedded ones, SAM ViT-B/L/H and SAM 2.1 Hiera T/S/B+/L.
 APP_MODELS = [name for name in MODEL_REGISTRY
               if name in ("sam-small", "sam2-small") or name.startswith(("sam-vit-", "sam2.1-hiera-"))]
-ADAPTER_SHIPPED, ADAPTER_HUB, ADAPTER_NONE = "shipped", "hub", "none"
+ADAPTER_SHIPPED, ADAPTER_HUB, ADAPTER_NONE, ADAPTER_TRAINED = "shipped", "hub", "none", "trained"
 HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 HUB_REVISION_RE = re.compile(r"^[\w.-][\w./-]{0,99}$")
 
 
 @dataclass(frozen=True)
+class TrainedAdapter:
+    """An adapter trained in the app by one session: the model it is for, its folder (a server-side
+    temporary folder the app made; never a path a user gave) and what it is, in words."""
+
+    model: str
+    folder: Path
+    description: str
+
+
+@dataclass(frozen=True)
 class AdapterChoice:
-    """Which defence the "robust" model uses: the shipped adapter, a Hub repo at a revision, or none."""
+    """Which defence the "robust" model uses: the shipped adapter, a Hub repo at a revision, the adapter
+    this session trained, or none."""
 
     kind: str = ADAPTER_SHIPPED
     repo_id: str = ""
     revision: str = ""
+    trained: TrainedAdapter | None = None  # kind "trained" only: taken from the session, never from a widget
 
     @classmethod
-    def parse(cls, kind: str | None, repo_id: str | None = "", revision: str | None = "") -> "AdapterChoice":
+    def parse(cls, kind: str | None, repo_id: str | None = "", revision: str | None = "",
+              trained: TrainedAdapter | None = None) -> "AdapterChoice":
+        """The widgets' choice; ``trained``: the session's trained adapter (for the "trained" kind)."""
         kind = (kind or ADAPTER_NONE).strip().lower()
-        if kind not in (ADAPTER_SHIPPED, ADAPTER_HUB, ADAPTER_NONE):
+        if kind not in (ADAPTER_SHIPPED, ADAPTER_HUB, ADAPTER_NONE, ADAPTER_TRAINED):
             raise UserError(f"Unknown adapter choice {limits.quoted(kind)}.")
+        if kind == ADAPTER_TRAINED:
+            if trained is None:
+                raise UserError("No adapter has been trained in this session yet: train one in *Train a robust "
+                                "adapter*, or choose the shipped adapter.")
+            return cls(kind, trained=trained)
         if kind != ADAPTER_HUB:
             return cls(kind)
-        repo_id, revision = (repo_id or "").strip(), (revision or "").strip()
-        if not HUB_REPO_RE.match(repo_id) or not _valid_hub_repo_id(repo_id):
-            raise UserError(f"{limits.quoted(repo_id)} is not a Hugging Face Hub repo id: write it as owner/name.")
+        repo_id, revision = check_repo_id(repo_id), (revision or "").strip()
         if revision and (not HUB_REVISION_RE.match(revision) or ".." in revision):
             raise UserError(f"{limits.quoted(revision)} is not a valid revision (a branch, tag or commit hash).")
         return cls(kind, repo_id, revision)
@@ -59,6 +78,8 @@ class AdapterChoice:
 
     @property
     def label(self) -> str:
+        if self.kind == ADAPTER_TRAINED:
+            return f"the adapter trained in this session ({self.trained.description})"
         if self.kind == ADAPTER_HUB:
             return f"{self.repo_id}@{self.revision or 'main'}"
         return {ADAPTER_SHIPPED: "shipped adapter", ADAPTER_NONE: "no adapter"}[self.kind]
@@ -70,6 +91,14 @@ class RobustModel:
     adapter: object  # the applied adapter (for its plot and parameter count)
     trainable: int | None
     source: str
+
+
+def check_repo_id(repo_id: str | None) -> str:
+    """``repo_id`` stripped, if it is a Hugging Face Hub repo id (owner/name); UserError otherwise."""
+    repo_id = (repo_id or "").strip()
+    if not HUB_REPO_RE.match(repo_id) or not _valid_hub_repo_id(repo_id):
+        raise UserError(f"{limits.quoted(repo_id)} is not a Hugging Face Hub repo id: write it as owner/name.")
+    return repo_id
 
 
 def _valid_hub_repo_id(repo_id: str) -> bool:
@@ -132,6 +161,7 @@ class ModelManager:
         self._engines: dict[str, SegmentEngine] = {}
         self._robust: dict[tuple[str, AdapterChoice], RobustModel | None] = {}
         self._order: list[str] = []
+        self._trained_order: list[tuple[str, AdapterChoice]] = []  # most recently used last
         self._lock = threading.Lock()
         self._key_locks: dict[object, threading.Lock] = {}
 
@@ -173,18 +203,44 @@ class ModelManager:
             return None
         key = (name, choice)
         with self._key_lock(("robust",) + key):
-            if key not in self._robust:
-                self._robust[key] = load_robust(self.engine(name), choice, self.adapter_root)
-        return self._robust[key]
+            robust = self._robust.get(key)
+            if robust is None:
+                robust = self._robust[key] = load_robust(self.engine(name), choice, self.adapter_root)
+        if choice.kind == ADAPTER_TRAINED:
+            self._keep_recent_trained(key)
+        return robust
+
+    def _keep_recent_trained(self, key) -> None:
+        """Each trained adapter's robust model is a full copy of its model: keep the ``limits.TRAINED_MODELS``
+        most recently used (the others are rebuilt from their folder when their session uses them again)."""
+        with self._lock:
+            self._trained_order = [k for k in self._trained_order if k != key] + [key]
+            while len(self._trained_order) > limits.TRAINED_MODELS:
+                self._robust.pop(self._trained_order.pop(0), None)
+
+    def forget(self, trained: TrainedAdapter) -> None:
+        """Drop the robust model of ``trained`` (its session trained another one, or ended)."""
+        with self._lock:
+            for key in [k for k in self._robust if k[1].trained == trained]:
+                self._robust.pop(key, None)
 
 
 def load_robust(engine: SegmentEngine, choice: AdapterChoice, adapter_root: Path = CHECKPOINT_DIR) -> RobustModel:
     """The adapter of ``choice`` on a merged, frozen copy of ``engine`` (``samdemo.factory.robust_copy``),
     with messages that name what the user chose and never a server path."""
-    from samdemo.defense import AdapterError
+    from samdemo.defense import WEIGHTS_FILE, AdapterError
     from samdemo.factory import robust_copy
 
-    if choice.kind == ADAPTER_SHIPPED:
+    if choice.kind == ADAPTER_TRAINED:
+        trained = choice.trained
+        if trained.model != engine.name:
+            raise UserError(f"The adapter trained in this session is for {trained.model}, not {engine.name}: switch "
+                            f"back to {trained.model}, train one for {engine.name}, or choose another adapter.")
+        if not (trained.folder / WEIGHTS_FILE).is_file():
+            raise UserError("The adapter trained in this session is no longer kept on the server (the server keeps "
+                            "the most recent ones): train it again, or push it to the Hub next time.")
+        source, revision, where = trained.folder, None, "trained in this session"
+    elif choice.kind == ADAPTER_SHIPPED:
         folder = Path(adapter_root) / f"{engine.name}-adapter"
         if not folder.is_dir():
             raise UserError(f"No adapter is shipped for {engine.name} (no folder checkpoints/{folder.name}/): "

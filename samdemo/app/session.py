@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from samdemo import limits
+from samdemo.app.models import TrainedAdapter
 from samdemo.errors import PromptError, UserError
 from samdemo.prompts import Prompt
 
@@ -111,6 +112,7 @@ class Session:
     prompts: PromptState = field(default_factory=PromptState)
     history: list[PromptState] = field(default_factory=list)  # for undo
     clean_mask: np.ndarray | None = None  # last clean mask of the original model (for the canvas)
+    trained: TrainedAdapter | None = None  # the adapter this session trained (its robust model's choice)
 
     def require_image(self) -> np.ndarray:
         if self.image is None:

@@ -1,7 +1,8 @@
 """What the app's widgets offer (label, value) and the help text the page shows."""
 
-from samdemo.app.actions import TARGET_ORIGINAL, TARGET_ROBUST
-from samdemo.app.models import ADAPTER_HUB, ADAPTER_NONE, ADAPTER_SHIPPED
+from samdemo.app.actions import (BUDGET_PAPER, BUDGET_SPREAD, SOURCE_EXAMPLES, SOURCE_SCENES, SOURCE_UPLOADS,
+                                 TARGET_ORIGINAL, TARGET_ROBUST)
+from samdemo.app.models import ADAPTER_HUB, ADAPTER_NONE, ADAPTER_SHIPPED, ADAPTER_TRAINED
 
 ATTACK_CHOICES = [  # (label, name in samdemo.attacks.ATTACKS)
     ("cross-prompt, ours (key-channel features + sampled-prompt mask term)", "cross-prompt"),
@@ -14,7 +15,13 @@ GENERATOR_CHOICES = [("PGD", "pgd"), ("FGSM", "fgsm"), ("MI-FGSM", "mifgsm"), ("
 TARGET_CHOICES = [("original model → transfer to the robust one", TARGET_ORIGINAL),
                   ("robust model (adaptive attack)", TARGET_ROBUST)]
 ADAPTER_CHOICES = [("shipped with samdemo", ADAPTER_SHIPPED), ("from the Hugging Face Hub", ADAPTER_HUB),
-                   ("none", ADAPTER_NONE)]
+                   ("trained in this session", ADAPTER_TRAINED), ("none", ADAPTER_NONE)]
+BUDGET_CHOICES = [("the paper's: every singular value of the 2 neck layers (512 on Meta's models, 256 on the "
+                   "embedded ones)", BUDGET_PAPER),
+                  ("spread: the k largest singular values of every layer of the image encoder", BUDGET_SPREAD)]
+SOURCE_CHOICES = [("the examples (those that suit the model)", SOURCE_EXAMPLES), ("my uploaded images", SOURCE_UPLOADS),
+                  ("generated scenes (with ground-truth masks)", SOURCE_SCENES)]
+TRAIN_TABLE_HEADERS = ["held-out condition", "point mIoU", "box mIoU", "mask mIoU"]
 
 TABLE_HEADERS = ["model", "input", "IoU vs original clean", "IoU vs own clean", "IoU vs ground truth",
                  "attack success (own IoU < 0.5)", "predicted IoU"]
@@ -46,3 +53,28 @@ confident mask, each drawn in its own colour. The attack chosen above is crafted
 (the cross-prompt attack needs no prompt: the natural attack here), then both models segment everything on
 the clean and the adversarial image. A clean mask *survives* when an adversarial mask overlaps it with
 IoU ≥ 0.5. A few seconds per segmentation on a CPU with the embedded models."""
+TRAIN_HELP_MD = """Train your own **robust adapter** for the model chosen above: only singular values of a few
+layers move (the budget), adversarially, as in `python -m samdemo train-adapter`. Every step attacks the
+current adapted model (cross-prompt, feature and mask attacks in turn, 4 PGD steps at ε = 8/255) and
+trains it to keep its masks. Images: the examples, your own (label-free: the targets are the original
+model's own clean masks), or generated scenes with ground truth. Before and after, a few held-out images
+are scored clean and under a 10-step cross-prompt attack crafted on the model being scored. When it
+finishes, the adapter becomes **this session's robust model** (no other visitor sees it); you can push it
+to the Hugging Face Hub with your own token. On a CPU with the embedded models, 20 steps take a few
+minutes; Meta's models want a GPU."""
+PUSH_HELP_MD = """**Push to the Hub** (optional): a repo id you can write to and an access token with write
+permission. The token is used for this upload only: it is not stored, logged or shown."""
+
+# The guided tour: one step per line of the lab's story (click, attack, compare, curve).
+TOUR_STEPS = [
+    "**Click.** Pick an example below the image (the first one is a good start), then click the object: a "
+    "positive point. The blue clean mask is what the original model segments.",
+    "**Attack.** Keep the *cross-prompt* attack and ε = 8/255 and press **Run attack**. The perturbation is "
+    "invisible (see *Perturbation at true scale*), yet it changes what the model segments.",
+    "**Compare.** The 2 x 2 grid shows the original and the robust model on the clean and the adversarial "
+    "input. Then choose *robust model (adaptive attack)* as the target and run again: the honest test of a "
+    "defence is an attack crafted against it.",
+    "**The curve.** Open *Robustness curve* and compute it: mIoU against ε for both models, transfer and "
+    "adaptive. A defence worth the name keeps the robust model's adaptive line high. Then try *Train a robust "
+    "adapter* yourself.",
+]
