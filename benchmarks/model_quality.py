@@ -6,6 +6,8 @@ For each model, mIoU against ground truth per prompt type (center-most point wit
 best of its three masks, tight box, the mask itself):
 
 * ``miou``: on the test split of the procedural scenes (never trained on, never used to choose);
+  ``--split validation`` measures on the validation split instead, the one to choose weights on
+  (e.g. a training run's candidate given with ``--weights sam2-small=runs/x/model.safetensors``);
 * ``image_dependence``: the same prompts on a uniform grey image and on the image with the
   objects' pixels shuffled among themselves (``quality.image_variant``): a model that segments
   what it sees falls towards 0 on grey;
@@ -38,7 +40,7 @@ from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.factory import load_engine  # noqa: E402
 from samdemo.prompts import prompts_from_mask  # noqa: E402
 from samdemo.quality import image_dependence, photo_quality  # noqa: E402
-from samdemo.scenes import test_scenes  # noqa: E402
+from samdemo.scenes import SPLITS, test_scenes  # noqa: E402
 from samdemo.shapes_eval import independent_scenes  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -113,17 +115,28 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_quality.json"))
     parser.add_argument("--figure", type=Path, default=None, help="PNG of held-out predictions per prompt type")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="test",
+                        help="procedural scenes to measure on: test (reported) or validation (to choose weights on)")
+    parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
+                        help="measure these weights (safetensors) for MODEL instead of its shipped ones; repeatable")
     args = parser.parse_args(argv)
+    try:
+        other_weights = dict(item.split("=", 1) for item in args.weights)
+    except ValueError:
+        parser.error("--weights takes MODEL=PATH")
+    for path in other_weights.values():
+        if not Path(path).is_file():
+            parser.error(f"--weights: no file {path}")
     torch.set_num_threads(args.threads)
     results = {"command": " ".join(["python", "benchmarks/model_quality.py"] + (argv or sys.argv[1:])),
-               "scenes": args.scenes, "shapes": args.shapes, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+               "scenes": args.scenes, "split": args.split, "shapes": args.shapes, "threads": args.threads, "machine": platform.processor() or platform.machine(),
                "torch": torch.__version__, "models": {}}
     engines = {}
     for name in args.models.split(","):
-        engine = load_engine(name, device="cpu")
+        weights = Path(other_weights.get(name) or CHECKPOINT_DIR / get_spec(name).local_file)
+        engine = load_engine(name, weights=weights if name in other_weights else None, device="cpu")
         engines[name] = engine
-        weights = CHECKPOINT_DIR / get_spec(name).local_file
-        scenes = test_scenes(args.scenes, size=engine.image_size)
+        scenes = SPLITS[args.split](args.scenes, size=engine.image_size)
         start = time.time()
         variants = image_dependence(engine, scenes)
         independent = image_dependence(engine, independent_scenes(args.shapes, size=engine.image_size),
@@ -136,6 +149,8 @@ def main(argv=None) -> int:
             "photos": photo_quality(engine, ASSETS),
             "eval_seconds": round(time.time() - start, 1),
             "parameters": sum(p.numel() for p in engine.model.parameters()),
+            "weights": str(weights.relative_to(CHECKPOINT_DIR.parent) if weights.is_relative_to(CHECKPOINT_DIR.parent)
+                           else weights),
             "weights_mb": round(weights.stat().st_size / 2**20, 1),
             **timings(engine, scenes[0], args.repeats)}
         print(name, json.dumps(results["models"][name]))
