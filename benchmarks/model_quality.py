@@ -17,7 +17,9 @@ best of its three masks, tight box, the mask itself):
   (``assets/make_reference_masks.py``);
 
 and the median time of an image embedding and of prompt -> mask at ``--threads`` CPU threads.
-With ``--figure`` also draws test predictions per prompt type.
+With ``--figure`` also draws test predictions per prompt type. ``--update`` measures only ``--models``
+and keeps the other models' entries of an existing ``--out`` taken with the same settings (after
+retraining one model).
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def main(argv=None) -> int:
     parser.add_argument("--figure", type=Path, default=None, help="PNG of held-out predictions per prompt type")
     parser.add_argument("--split", choices=sorted(SPLITS), default="test",
                         help="procedural scenes to measure on: test (reported) or validation (to choose weights on)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the entries of models not measured now from an existing --out of the same settings")
     parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
                         help="measure these weights (safetensors) for MODEL instead of its shipped ones; repeatable")
     args = parser.parse_args(argv)
@@ -132,6 +136,16 @@ def main(argv=None) -> int:
                "scenes": args.scenes, "split": args.split, "shapes": args.shapes, "threads": args.threads, "machine": platform.processor() or platform.machine(),
                "torch": torch.__version__, "models": {}}
     engines = {}
+    if args.update and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        same = ("scenes", "split", "shapes", "threads")
+        if any(previous.get(key, "test" if key == "split" else None) != results[key] for key in same):
+            parser.error(f"--update: {args.out} was measured with other settings ({', '.join(same)})")
+        measured = args.models.split(",")
+        results["models"] = {name: entry for name, entry in previous["models"].items() if name not in measured}
+        for entry in results["models"].values():
+            entry.setdefault("command", previous["command"])
+        engines = {name: load_engine(name, device="cpu") for name in results["models"]}  # for the figure
     for name in args.models.split(","):
         weights = Path(other_weights.get(name) or CHECKPOINT_DIR / get_spec(name).local_file)
         engine = load_engine(name, weights=weights if name in other_weights else None, device="cpu")
@@ -152,7 +166,7 @@ def main(argv=None) -> int:
             "weights": str(weights.relative_to(CHECKPOINT_DIR.parent) if weights.is_relative_to(CHECKPOINT_DIR.parent)
                            else weights),
             "weights_mb": round(weights.stat().st_size / 2**20, 1),
-            **timings(engine, scenes[0], args.repeats)}
+            **timings(engine, scenes[0], args.repeats), "command": results["command"]}
         print(name, json.dumps(results["models"][name]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

@@ -9,13 +9,16 @@ the same distribution of changes per layer, but in directions that adversarial t
 choose. A transfer gain that the shuffled control also shows is model mismatch (the attack was
 crafted on other weights), not robustness; only the gain above it counts (docs/METHOD.md).
 
-The other controls are trainings: clean-only fine-tuning of the same parameters is
-``train-adapter --adv-weight 0`` with the adapter's recipe.
+The other controls are trainings with the adapter's recipe: clean-only fine-tuning of the same
+parameters is ``train-adapter --adv-weight 0``; the same budget on k singular values per layer drawn at
+random instead of the k largest is ``train-adapter --svd-select random`` (only where the adapter
+trains fewer than all of a layer's values).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -24,18 +27,19 @@ from samdemo import distributed
 CONTROL_KINDS = ("shuffled",)
 
 
-def shuffled_values(values: dict[str, tuple[torch.Tensor, torch.Tensor]], trained: dict[str, int],
+def shuffled_values(values: dict[str, tuple[torch.Tensor, torch.Tensor]], trained: dict[str, Sequence[int]],
                     seed: int = 0) -> dict[str, torch.Tensor]:
-    """name -> adapted spectrum (r,) with the relative changes of the first ``trained[name]`` values permuted.
+    """name -> adapted spectrum (r,) with the relative changes of the trained values permuted among them.
 
-    ``values``: name -> (s_base, s) as ``Adapter.singular_values()`` gives them (r,) each."""
+    ``values``: name -> (s_base, s) as ``Adapter.singular_values()`` gives them (r,) each; ``trained``:
+    name -> the positions of its trained values (``SVDLayer.trained_indices``)."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, (base, adapted) in values.items():
-        k = trained[name]
-        ratio = adapted[:k] / base[:k].clamp_min(torch.finfo(base.dtype).tiny)
+        index = torch.as_tensor(list(trained[name]), dtype=torch.long)
+        ratio = adapted[index] / base[index].clamp_min(torch.finfo(base.dtype).tiny)
         shuffled = adapted.clone()
-        shuffled[:k] = base[:k] * ratio[torch.randperm(k, generator=generator)]
+        shuffled[index] = base[index] * ratio[torch.randperm(len(index), generator=generator)]
         out[name] = shuffled
     return out
 
@@ -55,7 +59,7 @@ def make_control(adapter_folder: str | Path, out: str | Path, kind: str = "shuff
         raise AdapterError(f"{adapter_folder} is not an SVD adapter; the shuffled control permutes singular values.")
     engine = load_engine(files.config.base_model, device=device)
     adapter = load_adapter_folder(engine, adapter_folder)
-    trained = {layer.name: layer.rank for layer in adapter.layers}
+    trained = {layer.name: layer.trained_indices.tolist() for layer in adapter.layers}
     adapter.set_singular_values(shuffled_values(adapter.singular_values(), trained, seed))
     training = {"control": kind, "seed": seed, "source": Path(adapter_folder).name,
                 "how": "relative changes s/s_base of the trained singular values permuted within each layer",

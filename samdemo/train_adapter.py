@@ -74,7 +74,7 @@ import torch
 from tqdm import tqdm
 
 from samdemo import distributed
-from samdemo.defense import LAYER_TYPES, METHODS, Adapter, AdapterConfig, apply_adapter, save_adapter
+from samdemo.defense import LAYER_TYPES, METHODS, SVD_SELECTIONS, Adapter, AdapterConfig, apply_adapter, save_adapter
 from samdemo.attacks.base import eps_from_255
 from samdemo.pipeline import AttackRequest, craft
 from samdemo.engine import SegmentEngine, image_to_tensor
@@ -96,6 +96,7 @@ class AdapterTrainConfig:
     method: str = "svd"  # svd (the defense), lora or full (baselines on the same layers)
     lora_rank: int = 1
     svd_rank: int = 0  # svd: train only the k largest singular values of each layer (0: all)
+    svd_select: str = "largest"  # svd with --svd-rank: the k largest (the defense) or k at random (a control)
     steps: int = 300
     batch: int = 4
     instances: int = 3  # target instances per image per step (a point, a box and a mask prompt each)
@@ -130,7 +131,7 @@ class AdapterTrainConfig:
     def variant(self) -> str:
         """Suffix of the default out and run folders: "" for svd, so the baselines never overwrite it."""
         if self.method == "svd":
-            return f"-top{self.svd_rank}" if self.svd_rank else ""
+            return f"-{'top' if self.svd_select == 'largest' else self.svd_select}{self.svd_rank}" if self.svd_rank else ""
         return f"-lora-r{self.lora_rank}" if self.method == "lora" else f"-{self.method}"
 
     def update_rank(self) -> int | None:
@@ -365,6 +366,9 @@ def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None =
         AttackRequest(attack=name, eps255=cfg.eps)  # unknown names and a bad epsilon: a clear error before any work
     if not cfg.attack_list():
         raise ValueError("--attacks is empty: give at least one attack to train against.")
+    if cfg.svd_select != "largest" and (cfg.method != "svd" or not cfg.svd_rank):
+        raise ValueError(f"--svd-select {cfg.svd_select} chooses k singular values per layer: it needs --method svd "
+                         "and --svd-rank k.")
     world = distributed.world_size()
     if cfg.batch % world:
         raise ValueError(f"--batch {cfg.batch} must be a multiple of the number of processes ({world}).")
@@ -384,7 +388,7 @@ def train_adapter(cfg: AdapterTrainConfig, run_dir: Path, out_dir: Path | None =
         eval_set = data.heldout(cfg.eval_scenes)
 
         adapter = apply_adapter(engine, AdapterConfig(method=cfg.method, target_modules=cfg.target_list()),
-                                rank=cfg.update_rank(), seed=cfg.seed)
+                                rank=cfg.update_rank(), seed=cfg.seed, select=cfg.svd_select)
         try:
             return _train(cfg, run_dir, out_dir, resume, engine, adapter, data, eval_set, progress, cancel)
         finally:
@@ -412,11 +416,12 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
             state |= {"method": "svd", "layers": list(state["deltas"]),
                       "adapter": {f"layers.{i}.delta": d for i, d in enumerate(state["deltas"].values())}}
         shapes = {name: tuple(t.shape) for name, t in state["adapter"].items()}
-        if (state.get("fingerprint"), state["method"], state["layers"], shapes) != (
+        if (state.get("fingerprint"), state["method"], state["layers"], shapes,
+                state.get("layer_info", adapter.config.layers)) != (
                 adapter.config.fingerprint, adapter.method, adapter.names,
-                {name: tuple(t.shape) for name, t in adapter.state_dict().items()}):
-            raise RuntimeError(f"{state_path} belongs to another model, method, target layers or rank; use "
-                               "--no-resume or another --run-dir.")
+                {name: tuple(t.shape) for name, t in adapter.state_dict().items()}, adapter.config.layers):
+            raise RuntimeError(f"{state_path} belongs to another model, method, target layers, rank or choice of "
+                               "singular values; use --no-resume or another --run-dir.")
         adapter.load_state_dict(state["adapter"])  # the parameters themselves: bit-exact resume
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -429,7 +434,7 @@ def _train(cfg, run_dir, out_dir, resume, engine, adapter: Adapter, data, eval_s
             return
         torch.save({"method": adapter.method, "layers": adapter.names, "adapter": adapter.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step,
-                    "fingerprint": adapter.config.fingerprint}, state_path)
+                    "fingerprint": adapter.config.fingerprint, "layer_info": adapter.config.layers}, state_path)
         log_path.write_text(json.dumps(log, indent=1))
 
     def report(stage: str) -> None:
@@ -538,6 +543,8 @@ HELP = {
     "method": "svd (singular values, the defense), lora or full (baselines on the same layers)",
     "lora_rank": "rank of the LoRA update (--method lora)",
     "svd_rank": "train only the k largest singular values of each layer (--method svd; 0: all)",
+    "svd_select": "which k singular values --svd-rank trains: the k largest (the defense) or k drawn at random "
+                  "per layer (seeded by --seed; a control)",
     "steps": "optimiser steps", "batch": "images per step",
     "instances": "target masks per image per step (a point, a box and a mask prompt each)",
     "lr": "relative learning rate: a step changes each weight by about lr x its Frobenius norm",
@@ -569,8 +576,9 @@ def configure_parser(parser) -> None:
         if name == "eps":
             parser.add_argument(flag, type=parse_eps, default=default,
                                 help="L-inf budget in 1/255 units like every command (default 8; 8/255 also reads)")
-        elif name == "method":
-            parser.add_argument(flag, choices=METHODS, default=default, help=f"{HELP[name]} (default: {default})")
+        elif name in ("method", "svd_select"):
+            choices = METHODS if name == "method" else SVD_SELECTIONS
+            parser.add_argument(flag, choices=choices, default=default, help=f"{HELP[name]} (default: {default})")
         elif name == "device":
             distributed.add_device_argument(parser)
         else:

@@ -7,7 +7,9 @@ evaluation protocol (docs/METHOD.md, "Evaluation protocol").
 For each embedded model it evaluates, on the **test** scenes (never used to choose anything), the
 original model, the shipped SVD adapter (``checkpoints/<model>-adapter``, the app's robust model) and
 its controls (``-adapter-shuffled``: the same trained changes permuted within each layer;
-``-adapter-clean-only``: the same parameters fine-tuned without attacks), with the attacks that
+``-adapter-clean-only``: the same parameters fine-tuned without attacks; ``-adapter-random-k``: as many
+singular values per layer, drawn at random instead of the largest, trained with the adapter's recipe,
+where the adapter trains fewer than all of them), with the attacks that
 set the worst case on validation (ours, and the prompt-specific mask attack crafted with the point
 and with the box; random noise as a control), transfer and adaptive, 100 APGD steps: the budget at
 which the validation study (``scripts/attack_convergence.py``) still saw the defended model fall
@@ -34,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 
 MODELS = ("sam-small", "sam2-small")
-DEFENSE_SUFFIXES = ("adapter", "adapter-shuffled", "adapter-clean-only")
+DEFENSE_SUFFIXES = ("adapter", "adapter-shuffled", "adapter-clean-only", "adapter-random-k")
+CONTROL_SUFFIXES = tuple(f"-{s}" for s in DEFENSE_SUFFIXES[1:])
 ATTACKS = "cross-prompt,mask,random"
 PROMPTS = ("point", "box", "coarse-mask")
 BEGIN, END = "<!-- GENERATED: scripts/make_results.py -->", "<!-- END GENERATED -->"
@@ -47,7 +50,9 @@ def defense_folders(model: str) -> list[Path]:
 
 
 def evaluate_command(model: str, args, out: Path) -> list[str]:
-    command = [sys.executable, "-m", "samdemo", "evaluate", "--model", model, "--data", f"scenes:{args.limit}",
+    launcher = [sys.executable] if args.processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.processes)]
+    command = launcher + ["-m", "samdemo", "evaluate", "--model", model, "--data", "scenes",
                "--limit", str(args.limit), "--steps", str(args.steps), "--generator", args.generator, "--eps", "8",
                "--attacks", ATTACKS, "--prompts", ",".join(PROMPTS), "--max-instances", str(args.max_instances),
                "--seed", "0", "--out", str(out)]
@@ -138,7 +143,7 @@ def gains_table(entries: list[dict], records: list[dict], prompts: list[str], se
     lines = ["| defense | compared with | " + " | ".join(f"{t}: worst-case gain" for t in prompts) + " | "
              + " | ".join(f"{t}: clean change" for t in prompts) + " |",
              "| --- | --- |" + " --- |" * (2 * len(prompts))]
-    for reference in ["none"] + [d for d in defenses if d.endswith(("-shuffled", "-clean-only"))]:
+    for reference in ["none"] + [d for d in defenses if d.endswith(CONTROL_SUFFIXES)]:
         gains = {(g["defense"], g["evaluated_with"]): g for g in worst_case_gains(entries, reference, seed)}
         for defense in defenses:
             if defense == reference or (reference != "none" and not defense.endswith("-adapter")):
@@ -207,10 +212,13 @@ def write_results_md(args) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=4, help="test scenes per model")
+    parser.add_argument("--limit", type=int, default=8, help="test scenes per model (the first N; raising it resumes)")
     parser.add_argument("--steps", type=int, default=100, help="attack steps (the budget chosen on validation)")
     parser.add_argument("--generator", default="apgd")
     parser.add_argument("--max-instances", type=int, default=4, help="largest instances evaluated per scene")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="evaluate processes per model (torchrun; the images are shared out, the numbers are "
+                             "those of one process)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--models", type=lambda text: text.split(","), default=list(MODELS),
                         help="evaluate only these (comma-separated); the tables always cover both")

@@ -209,6 +209,49 @@ def test_rank_trains_only_the_largest_singular_values(tmp_path):
     assert max_diff(outputs(engine, x), adapted) < 1e-5 and loaded.num_trainable == adapter.num_trainable
 
 
+def test_random_selection_trains_k_values_at_seeded_positions_and_files_keep_them(tmp_path):
+    engine = tiny_engine("sam2")
+    x = images(1)
+    config = AdapterConfig(target_modules=["image_encoder.*"])
+    largest = apply_adapter(engine, config, rank=5)
+    largest_values = largest.num_trainable
+    assert all("indices" not in info for info in largest.config.layers.values())  # the defense's files stay as they were
+    largest.remove()
+    adapter = apply_adapter(engine, config, rank=5, seed=3, select="random")
+    assert adapter.num_trainable == largest_values
+    chosen = {layer.name: layer.trained_indices.tolist() for layer in adapter.layers}
+    wide = [layer for layer in adapter.layers if layer.s_base.numel() > 5]
+    assert wide and any(chosen[layer.name] != list(range(5)) for layer in wide)
+    assert all(len(set(i)) == len(i) == min(5, layer.s_base.numel()) for layer, i in zip(adapter.layers, chosen.values()))
+    assert max_diff(outputs(engine, x), outputs(engine, x)) == 0 and adapter.is_identity()
+    perturb(adapter)
+    for layer in wide:  # only the chosen positions of the spectrum move
+        base, adapted = layer.spectrum()
+        moved = (adapted != base).nonzero().flatten().tolist()
+        assert moved and set(moved) <= set(chosen[layer.name])
+    adapted_outputs = outputs(engine, x)
+    save_adapter(adapter, tmp_path / "random5")
+    adapter.remove()
+    files = read_adapter_folder(tmp_path / "random5")
+    assert {name: info.get("indices", list(range(info["rank"]))) for name, info in files.config.layers.items()} == chosen
+    assert "at the positions `indices`" in (tmp_path / "random5" / CARD_FILE).read_text()
+    loaded = load_adapter_folder(engine, tmp_path / "random5", merge=True)
+    assert {layer.name: layer.trained_indices.tolist() for layer in loaded.layers} == chosen
+    assert max_diff(outputs(engine, x), adapted_outputs) < 1e-5
+    loaded.remove()
+    again = apply_adapter(engine, config, rank=5, seed=3, select="random")
+    assert {layer.name: layer.trained_indices.tolist() for layer in again.layers} == chosen  # seeded
+    perturb(again)
+    tag = again.tag
+    again.remove()
+    other = apply_adapter(engine, config, rank=5, seed=4, select="random")
+    perturb(other)  # the same values at other positions: other weights, so another cache tag
+    assert other.tag != tag
+    other.remove()
+    with pytest.raises(AdapterError, match="needs an SVD adapter"):
+        apply_adapter(engine, AdapterConfig(method="lora"), select="random")
+
+
 # ---------------------------------------------------------------------- files
 @pytest.fixture
 def saved(tmp_path):
@@ -296,6 +339,10 @@ MALFORMED = {
     "rank not the file's": (lambda f: _edit_config(f, lambda d: (d["layers"]["image_encoder.neck.0"].update(rank=16),
                                                                  d.update(num_trainable=48))),
                             "has shape \\(32,\\), but layer image_encoder.neck.0 \\(32x32\\) has 16 singular values"),
+    "repeated indices": (lambda f: _edit_config(f, lambda d: d["layers"]["image_encoder.neck.0"].update(
+        indices=[0] * 32)), "has indices .* 32 distinct positions from 0 to 31"),
+    "index out of range": (lambda f: _edit_config(f, lambda d: d["layers"]["image_encoder.neck.0"].update(
+        indices=list(range(1, 33)))), "32 distinct positions from 0 to 31"),
     "bad family": (lambda f: _edit_config(f, lambda d: d.update(family="sam3")), "unknown family 'sam3'"),
     "other parametrization": (lambda f: _edit_config(f, lambda d: d.update(parametrization="log")),
                               "parametrization 'log' is not supported"),
@@ -427,9 +474,14 @@ def test_train_adapter_with_a_rank_spreads_the_budget(tmp_path):
     assert len(adapter.layers) > 6 and {layer.rank for layer in adapter.layers} == {3}
     assert log["num_trainable"] == adapter.num_trainable == 3 * len(adapter.layers) and not adapter.is_identity()
     adapter.remove()
-    with pytest.raises(RuntimeError, match="target layers or rank"):  # the run dir holds rank-3 values
+    with pytest.raises(RuntimeError, match="target layers, rank"):  # the run dir holds rank-3 values
         train_adapter(_train_cfg(targets="image_encoder.*", svd_rank=4, steps=3), tmp_path / "run", None,
                       engine=engine)
+    with pytest.raises(RuntimeError, match="choice of singular values"):  # ... of the 3 largest, not 3 at random
+        train_adapter(_train_cfg(targets="image_encoder.*", svd_rank=3, svd_select="random", steps=3),
+                      tmp_path / "run", None, engine=engine)
+    with pytest.raises(ValueError, match="needs --method svd and --svd-rank k"):
+        train_adapter(_train_cfg(svd_select="random"), tmp_path / "other", None, engine=engine)
 
 
 def test_train_adapter_resumes_to_the_same_result(tmp_path):

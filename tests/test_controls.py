@@ -16,13 +16,21 @@ SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "sam2-small-adap
 def test_shuffled_values_permute_the_trained_relative_changes_only():
     base = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5])
     adapted = torch.tensor([8.8, 3.0, 2.5, 1.0, 0.5])  # three trained values, two untouched
-    out = shuffled_values({"layer": (base, adapted)}, {"layer": 3}, seed=1)["layer"]
+    out = shuffled_values({"layer": (base, adapted)}, {"layer": [0, 1, 2]}, seed=1)["layer"]
     ratios = out[:3] / base[:3]
     assert sorted(ratios.tolist()) == pytest.approx(sorted((adapted[:3] / base[:3]).tolist()))
     assert torch.equal(out[3:], adapted[3:])
-    seeds = {tuple(shuffled_values({"layer": (base, adapted)}, {"layer": 3}, seed=s)["layer"].tolist())
+    seeds = {tuple(shuffled_values({"layer": (base, adapted)}, {"layer": [0, 1, 2]}, seed=s)["layer"].tolist())
              for s in range(6)}
     assert len(seeds) > 1  # the seed chooses the permutation
+
+
+def test_shuffled_values_of_a_random_selection_stay_on_its_positions():
+    base = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5])
+    adapted = torch.tensor([8.0, 5.0, 2.0, 0.5, 0.5])  # trained at positions 1 and 3
+    out = shuffled_values({"layer": (base, adapted)}, {"layer": [1, 3]}, seed=0)["layer"]
+    assert torch.equal(out[[0, 2, 4]], base[[0, 2, 4]])
+    assert sorted((out[[1, 3]] / base[[1, 3]]).tolist()) == pytest.approx([0.5, 1.25])
 
 
 @pytest.mark.skipif(not (SHIPPED / "adapter_config.json").exists(), reason="no shipped sam2-small adapter")

@@ -19,12 +19,12 @@ from samdemo.defense.card import model_card
 from samdemo.defense.config import AdapterConfig, default_target_modules, fingerprint_weights, resolve_targets
 from samdemo.defense.fileformat import ADAPTER_FILES, CARD_FILE, CONFIG_FILE, PLOT_FILE, WEIGHTS_FILE
 from samdemo.defense.files import AdapterFiles, load_adapter_folder, read_adapter_folder, save_adapter
-from samdemo.defense.layers import LAYER_TYPES, METHODS, AdapterLayer, FullLayer, LoRALayer, SVDLayer
+from samdemo.defense.layers import LAYER_TYPES, METHODS, SVD_SELECTIONS, AdapterLayer, FullLayer, LoRALayer, SVDLayer
 from samdemo.errors import AdapterError
 
 __all__ = [
     # layers and methods
-    "AdapterLayer", "SVDLayer", "LoRALayer", "FullLayer", "LAYER_TYPES", "METHODS",
+    "AdapterLayer", "SVDLayer", "LoRALayer", "FullLayer", "LAYER_TYPES", "METHODS", "SVD_SELECTIONS",
     # configuration and targets
     "AdapterConfig", "default_target_modules", "resolve_targets", "fingerprint_weights",
     # attached adapter

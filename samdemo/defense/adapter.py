@@ -34,18 +34,29 @@ class Adapter(nn.Module):
 
     ``rank`` only matters for a fresh adapter (a saved one has its ranks in ``config.layers``):
     LoRA's rank (None: 1), or the number of largest singular values an SVD adapter trains per
-    layer (None: all of them; a layer with fewer trains all it has). ``seed``: a fresh LoRA's A.
+    layer (None: all of them; a layer with fewer trains all it has). ``select``: which ones a fresh SVD
+    adapter trains, "largest" (the defense) or "random" (a control; a saved one lists its ``indices``).
+    ``seed``: a fresh LoRA's A, a fresh random selection.
     """
 
     def __init__(self, model: nn.Module, config: AdapterConfig, names: Sequence[str], rank: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, select: str = "largest"):
         super().__init__()
         modules = dict(model.named_modules())
         self.names = list(names)
         layer_type, generator = LAYER_TYPES[config.method], torch.Generator().manual_seed(seed)
-        self.layers = nn.ModuleList(
-            layer_type(name, modules[name], config.layers.get(name, {}).get("rank", rank), generator)
-            for name in self.names)
+        if select != "largest" and config.method != "svd":
+            raise AdapterError(f"Choosing which singular values to train (select={select!r}) needs an SVD adapter.")
+
+        def build(name: str) -> AdapterLayer:
+            info = config.layers.get(name)
+            if info is None:  # fresh
+                extra = {"select": select} if config.method == "svd" else {}
+                return layer_type(name, modules[name], rank, generator, **extra)
+            extra = {"indices": info.get("indices", range(info["rank"]))} if config.method == "svd" else {}
+            return layer_type(name, modules[name], info["rank"], generator, **extra)
+
+        self.layers = nn.ModuleList(build(name) for name in self.names)
         self.config = config
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "engine", None)
@@ -79,6 +90,8 @@ class Adapter(nn.Module):
         digest = hashlib.sha256(self.config.fingerprint.encode())
         for p in self.parameters():
             digest.update(p.detach().float().cpu().numpy().tobytes())
+        for layer in self.layers:
+            digest.update(layer.structure_key())
         return f"{self.method}:" + digest.hexdigest()[:16]
 
     def is_identity(self) -> bool:
@@ -106,13 +119,16 @@ class Adapter(nn.Module):
             raise AdapterError(f"No singular values given for {missing}.")
         for layer in self.layers:
             s = torch.as_tensor(values[layer.name]).to(layer.s_base)
-            k, total = layer.rank, layer.s_base.numel()
+            k, total, index = layer.rank, layer.s_base.numel(), layer.trained_indices
             if s.shape != layer.s_base.shape:
                 raise AdapterError(f"{layer.name}: {tuple(s.shape)} singular values given, the layer has {total}.")
-            if not torch.equal(s[k:], layer.s_base[k:]):
-                raise AdapterError(f"{layer.name}: only its {k} largest singular values are trainable; the other "
+            frozen = torch.ones(total, dtype=torch.bool, device=s.device)
+            frozen[index] = False
+            if not torch.equal(s[frozen], layer.s_base[frozen]):
+                which = "largest" if layer.trains_largest else "chosen"
+                raise AdapterError(f"{layer.name}: only its {k} {which} singular values are trainable; the other "
                                    f"{total - k} must keep their base values.")
-            layer.delta.copy_(s[:k] - layer.s_base[:k])
+            layer.delta.copy_(s[index] - layer.s_base[index])
         self._refresh_engine_tag()
 
     @torch.no_grad()
@@ -229,15 +245,15 @@ def get_adapter(target) -> Adapter | None:
 
 def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | None = None,
                   model_name: str | None = None, freeze_base: bool = True, rank: int | None = None,
-                  seed: int = 0) -> Adapter:
+                  seed: int = 0, select: str = "largest") -> Adapter:
     """Wrap the target layers of a model (or a ``SegmentEngine``'s model) in an identity adapter.
 
     ``config``: the method (``config.method``, default svd), which layers (``target_modules``
     globs; empty = family default) and, when it carries a ``fingerprint`` (a loaded adapter),
     the base weights it must be applied to. ``freeze_base``: set ``requires_grad=False`` on
     every base parameter (restored by remove), so the adapter's parameters are the only
-    trainable tensors. ``rank``, ``seed``: see :class:`Adapter` (LoRA's rank or the SVD
-    adapter's trained singular values per layer; LoRA's A). With an engine, sets its ``adapter_tag``.
+    trainable tensors. ``rank``, ``seed``, ``select``: see :class:`Adapter` (LoRA's rank or the SVD
+    adapter's trained singular values per layer, and which; LoRA's A). With an engine, sets its ``adapter_tag``.
     Returns the adapter; W' = W for now.
     """
     model, engine_family, engine_name, engine = unwrap_target(target)
@@ -275,7 +291,7 @@ def apply_adapter(target, config: AdapterConfig | None = None, *, family: str | 
     else:
         config.base_model = model_name
     config.family, config.fingerprint = family, fingerprint
-    adapter = Adapter(model, config, names, rank=rank, seed=seed)
+    adapter = Adapter(model, config, names, rank=rank, seed=seed, select=select)
     config.layers = {layer.name: layer.describe() for layer in adapter.layers}
     config.num_trainable = adapter.num_trainable
     if config.base_model_hub_id is None:

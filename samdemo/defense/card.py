@@ -16,14 +16,15 @@ from samdemo.defense.fileformat import (CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION
                                         WEIGHTS_FILE)
 from samdemo.defense.layers import LAYER_TYPES
 
-# method -> the card's texts; "how" is formatted with n (trainable values) and ranks (the layers' ranks).
+# method -> the card's texts; "how" is formatted with n (trainable values), ranks (the layers' ranks) and which
+# (the SVD adapter's choice of singular values).
 CARD_TEXTS: dict[str, dict[str, Any]] = {
     "svd": {
         "title": "SVD robustness adapter",
         "intro": "A singular-value adapter (Robust SAM, arXiv 2504.08906)",
         "how": ("Each targeted weight is decomposed as W = U diag(s) V^T; U and V are frozen (recomputed from the\n"
                 "base weights at load time, never stored) and only **{n} singular values** s (per layer\n"
-                "its `rank` largest, table below)\n"
+                "its `rank` {which}, table below)\n"
                 "were trained, adversarially, to keep masks right under attack."),
         "files": (f"per layer `<module>.{S_KEY}` (adapted s) and `<module>.{S_BASE_KEY}` (the base\n"
                   "  model's s, for reference), float32."),
@@ -67,7 +68,9 @@ def model_card(config: AdapterConfig, has_plot: bool = False) -> str:
     layers = "\n".join(f"| `{name}` | {info['type']} | {info['matrix_shape'][0]} x {info['matrix_shape'][1]} | "
                        f"{info['rank']} | {layer_type.count(info)} |" for name, info in config.layers.items())
     ranks = ", ".join(str(r) for r in sorted({info["rank"] for info in config.layers.values()}))
-    how = texts["how"].format(n=config.num_trainable, ranks=ranks)
+    chosen = any("indices" in info for info in config.layers.values())
+    which = "at the positions `indices` of adapter_config.json (chosen at random: a control)" if chosen else "largest"
+    how = texts["how"].format(n=config.num_trainable, ranks=ranks, which=which)
     metrics = _metrics_table(config.metrics)
     training = "\n".join(f"- `{k}`: {v}" for k, v in config.training.items()) or "- (not recorded)"
     plot = f"\n![Original vs adapted singular values]({PLOT_FILE})\n" if has_plot else ""

@@ -120,8 +120,9 @@ class AdapterConfig:
     ``method``: "svd", "lora" or "full" (``LAYER_TYPES``). ``target_modules``: glob patterns
     (empty: the family's defaults). ``layers`` (filled when applied): resolved module name ->
     {"type", "weight_shape", "matrix_shape", "rank"}, rank being the rank of the update (svd:
-    the number of largest singular values trained, min(out, in k k) by default; full: min(out,
-    in k k); lora: its rank). ``num_trainable``: trainable values in all.
+    the number of singular values trained, min(out, in k k) by default; full: min(out,
+    in k k); lora: its rank), and for an SVD layer that trains others than its ``rank`` largest
+    singular values their positions, ``indices``. ``num_trainable``: trainable values in all.
     """
 
     base_model: str = "custom"
@@ -192,11 +193,19 @@ class AdapterConfig:
                 need = (f"has {min(rows, cols)} singular values" if len(allowed) == 1
                         else f"allows {method} rank {allowed.start} to {allowed.stop - 1}")
                 raise AdapterError(f"{source}: layer {name!r} has rank {rank!r} but its {rows}x{cols} matrix {need}.")
+            if "indices" in info and not _valid_indices(info["indices"], rank, min(rows, cols), method):
+                raise AdapterError(f"{source}: layer {name!r} has indices {info['indices']!r}; an SVD adapter's "
+                                   f"indices are {rank} distinct positions from 0 to {min(rows, cols) - 1}.")
         total = sum(layer_type.count(info) for info in data["layers"].values())
         if data["num_trainable"] != total:
             raise AdapterError(f"{source}: num_trainable is {data['num_trainable']} but the layers hold {total} "
                                f"trainable values ({method}).")
         return cls(**(data | {"method": method, "format_version": FORMAT_VERSION}))  # read as the current version
+
+
+def _valid_indices(indices: Any, rank: int, total: int, method: str) -> bool:
+    return (method == "svd" and isinstance(indices, list) and len(indices) == rank == len(set(indices))
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < total for i in indices))
 
 
 def json_default(value):

@@ -11,7 +11,8 @@ initialisation; the base module stays frozen. One class per ``method`` (:data:`L
   V^T`` with ``delta`` (zero-initialised) the only trainable tensor, so W' = W up to the float32
   rounding of the reconstruction (~1e-7 relative). By default every singular value is trained;
   with a rank k only the k largest are (``delta`` has shape ``(k,)``), the rest keep their base
-  values: a fixed budget spread over many layers. Files store the k adapted values ``s``
+  values: a fixed budget spread over many layers (or k at random positions, the control that tests
+  whether the largest matter; the config then lists the layer's ``indices``). Files store the k adapted values ``s``
   themselves (and their ``s_base``, for the load-time check and the plots).
 * ``"lora"`` (:class:`LoRALayer`, baseline): ``W' = W + B A`` on the matrix view, A
   ``rank x (in k k)`` (PEFT's init, seeded), B ``out x rank`` zero-initialised (PEFT's
@@ -139,6 +140,10 @@ class AdapterLayer(nn.Module):
     def is_identity(self) -> bool:
         return bool((getattr(self, self.zero_param) == 0).all())
 
+    def structure_key(self) -> bytes:
+        """What, besides the parameters, decides W' (part of the adapter's cache tag): nothing by default."""
+        return b""
+
     @torch.no_grad()
     def reset(self) -> None:
         getattr(self, self.zero_param).zero_()
@@ -166,7 +171,8 @@ class SVDLayer(AdapterLayer):
     formula = "W' = U diag(s_base + delta) V^T"
     lr_rule = "lr x mean(s_base) for delta"
 
-    def __init__(self, name: str, module: nn.Module, rank: int | None = None, generator=None):
+    def __init__(self, name: str, module: nn.Module, rank: int | None = None, generator=None,
+                 indices=None, select: str = "largest"):
         super().__init__(name, module)
         weight = module.weight.detach()
         matrix = weight.reshape(weight.shape[0], -1).to("cpu", torch.float64)
@@ -174,14 +180,43 @@ class SVDLayer(AdapterLayer):
         self.register_buffer("U", u.to(weight.device, self.compute_dtype), persistent=False)
         self.register_buffer("Vh", vh.to(weight.device, self.compute_dtype), persistent=False)
         self.register_buffer("s_base", s.to(weight.device, self.compute_dtype), persistent=False)
-        trained = s.numel() if rank is None else min(rank, s.numel())  # a narrow layer trains all it has
+        if indices is None:
+            indices = self.select_indices(s.numel(), rank, select, generator)
+        self.register_buffer("trained_indices", torch.as_tensor(list(indices), dtype=torch.long, device=weight.device),
+                             persistent=False)
+        self.delta = nn.Parameter(torch.zeros(len(indices), device=weight.device, dtype=self.compute_dtype))
+
+    @staticmethod
+    def select_indices(total: int, rank: int | None, select: str, generator=None) -> list[int]:
+        """Positions (in the base's descending order) of the trained singular values: the k largest (``select``
+        "largest", the defense) or k drawn at random (``"random"``: the control that asks whether choosing the
+        largest matters); every one of them when ``rank`` is None, all a narrow layer has when it is larger."""
+        trained = total if rank is None else min(rank, total)
         if trained < 1:
-            raise AdapterError(f"{name}: an SVD adapter trains at least one singular value (rank {rank!r}).")
-        self.delta = nn.Parameter(torch.zeros(trained, device=weight.device, dtype=self.compute_dtype))
+            raise AdapterError(f"An SVD adapter trains at least one singular value (rank {rank!r}).")
+        if select == "largest":
+            return list(range(trained))
+        if select == "random":
+            return sorted(torch.randperm(total, generator=generator)[:trained].tolist())
+        raise AdapterError(f"Unknown singular-value selection {select!r}; expected one of {', '.join(SVD_SELECTIONS)}.")
+
+    def describe(self) -> dict:
+        info = super().describe()
+        if not self.trains_largest:
+            info["indices"] = self.trained_indices.tolist()
+        return info
+
+    def structure_key(self) -> bytes:
+        return b"" if self.trains_largest else self.trained_indices.cpu().numpy().tobytes()
+
+    @property
+    def trains_largest(self) -> bool:
+        """Whether the trained values are the k largest (positions 0..k-1), the defense's choice."""
+        return self.trained_indices.tolist() == list(range(self.rank))
 
     @staticmethod
     def ranks(rows: int, cols: int) -> range:
-        """Trained singular values of an ``rows x cols`` matrix: its k largest, 1 <= k <= min(rows, cols)."""
+        """Trained singular values of an ``rows x cols`` matrix: k of them, 1 <= k <= min(rows, cols)."""
         return range(1, min(rows, cols) + 1)
 
     @classmethod
@@ -194,14 +229,13 @@ class SVDLayer(AdapterLayer):
 
     @property
     def rank(self) -> int:
-        """k: the number of (largest) singular values trained; min(out, in k k) unless limited."""
+        """k: the number of singular values trained; min(out, in k k) unless limited."""
         return self.delta.numel()
 
     @property
     def singular_values(self) -> torch.Tensor:
-        """The whole adapted spectrum (r,): s_base + delta on the k largest, s_base on the rest."""
-        k = self.rank
-        return torch.cat([self.s_base[:k] + self.delta, self.s_base[k:]])
+        """The whole adapted spectrum (r,): s_base + delta at the trained positions, s_base elsewhere."""
+        return self.s_base.index_add(0, self.trained_indices, self.delta.to(self.s_base.dtype))
 
     def _effective(self) -> torch.Tensor:
         return (self.U * self.singular_values) @ self.Vh
@@ -214,18 +248,18 @@ class SVDLayer(AdapterLayer):
         return {"delta": float(self.s_base.mean())}
 
     def state(self) -> dict[str, torch.Tensor]:
-        k, (base, adapted) = self.rank, self.spectrum()
-        return {S_KEY: adapted[:k].contiguous(), S_BASE_KEY: base[:k].contiguous()}
+        index, (base, adapted) = self.trained_indices.cpu(), self.spectrum()
+        return {S_KEY: adapted[index].contiguous(), S_BASE_KEY: base[index].contiguous()}
 
     @torch.no_grad()
     def load_state(self, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-        k = self.rank
-        stored, recomputed = tensors[S_BASE_KEY].float(), self.s_base[:k].detach().float().cpu()
+        base = self.s_base[self.trained_indices]
+        stored, recomputed = tensors[S_BASE_KEY].float(), base.detach().float().cpu()
         error = float((stored - recomputed).abs().max() / recomputed.abs().max().clamp(min=1e-12))
         if error > BASE_S_RTOL:
             raise AdapterError(f"{source}: the base singular values stored for {self.name} differ from this "
                                f"model's by {error:.2e} (relative); the adapter belongs to other weights.")
-        self.delta.copy_(tensors[S_KEY].to(self.s_base) - self.s_base[:k])
+        self.delta.copy_(tensors[S_KEY].to(self.s_base) - base)
 
 
 class LoRALayer(AdapterLayer):
@@ -296,5 +330,6 @@ class FullLayer(AdapterLayer):
         return {"weight_delta": float(self.base_weight.detach().float().square().mean().sqrt())}
 
 
+SVD_SELECTIONS = ("largest", "random")
 LAYER_TYPES: dict[str, type[AdapterLayer]] = {cls.method: cls for cls in (SVDLayer, LoRALayer, FullLayer)}
 METHODS = tuple(LAYER_TYPES)
