@@ -38,6 +38,8 @@ def test_control_of_the_shipped_adapter_loads_and_keeps_each_layers_changes(tmp_
     out = make_control(SHIPPED, tmp_path / "shuffled", seed=0)
     original, control = read_adapter_folder(SHIPPED), read_adapter_folder(out)
     assert control.config.training["control"] == "shuffled" and control.config.fingerprint == original.config.fingerprint
+    assert "This is a control, not a defense" in (out / "README.md").read_text()
+    assert "This is a control" not in (SHIPPED / "README.md").read_text()
     moved = 0
     for name, s in original.singular_values.items():
         base = original.base_singular_values[name]

@@ -51,6 +51,17 @@ CARD_TEXTS: dict[str, dict[str, Any]] = {
 assert set(CARD_TEXTS) == set(LAYER_TYPES), "every adapter method needs its card texts"
 
 
+def _control_note(training: dict) -> str:
+    """The sentence that says a control is one (its card must not read like the defense's)."""
+    if training.get("control") == "shuffled":
+        return (f"\n\n**This is a control, not a defense**: the trained values of `{training.get('source')}` with "
+                "their relative changes s/s_base permuted within each layer (`python -m samdemo control`).")
+    if training.get("adv_weight") == 0:
+        return ("\n\n**This is a control, not a defense**: trained on clean images only (`--adv-weight 0`), "
+                "with no attacks.")
+    return ""
+
+
 def model_card(config: AdapterConfig, has_plot: bool = False) -> str:
     """A Hugging Face model card (YAML front matter + Markdown) for an adapter."""
     import yaml
@@ -70,7 +81,7 @@ def model_card(config: AdapterConfig, has_plot: bool = False) -> str:
     ranks = ", ".join(str(r) for r in sorted({info["rank"] for info in config.layers.values()}))
     chosen = any("indices" in info for info in config.layers.values())
     which = "at the positions `indices` of adapter_config.json (chosen at random: a control)" if chosen else "largest"
-    how = texts["how"].format(n=config.num_trainable, ranks=ranks, which=which)
+    how = texts["how"].format(n=config.num_trainable, ranks=ranks, which=which) + _control_note(config.training)
     metrics = _metrics_table(config.metrics)
     training = "\n".join(f"- `{k}`: {v}" for k, v in config.training.items()) or "- (not recorded)"
     plot = f"\n![Original vs adapted singular values]({PLOT_FILE})\n" if has_plot else ""
