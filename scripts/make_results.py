@@ -103,9 +103,17 @@ def defense_name(defense: str) -> str:
 
 
 def read_entries(folder: Path) -> list[dict]:
-    """The per-image log of an evaluate run (first line: its settings)."""
-    lines = (folder / "per_image.jsonl").read_text().splitlines()[1:]
-    return [json.loads(line) for line in lines if line.strip()]
+    """The per-image records of an evaluate run, from its log or its processes' logs (first line of each:
+    the settings), in image-name order like evaluate's own aggregation."""
+    from samdemo.evaluate import log_files
+
+    entries = {}
+    for path in log_files(folder):
+        for line in path.read_text().splitlines()[1:]:
+            if line.strip():
+                entry = json.loads(line)
+                entries.setdefault(entry["name"], entry)
+    return [entries[name] for name in sorted(entries)]
 
 
 def clean_gain(entries: list[dict], defense: str, reference: str, prompt: str, seed: int) -> dict:
@@ -187,7 +195,7 @@ def generated_section(args, md: Path) -> str:
                   f"{header['images']} test scenes, {header['instances']} objects (the {s['max_instances']} largest "
                   f"per image), eps {s['eps']:g}/255, {s['steps']} {s['generator'].upper()} steps, seed {s['seed']}; "
                   f"{minutes / max(header['images'], 1):.1f} minutes per image on one CPU thread. Raw outputs: "
-                  f"[{rel}/]({rel}/) ([report]({rel}/report.md), results.json, results.csv, per_image.jsonl). "
+                  f"[{rel}/]({rel}/) ([report]({rel}/report.md), results.json, results.csv, per_image*.jsonl). "
                   "mIoU against ground truth in %.", "",
                   "**Worst case per object** over every attack (white box on the original model; transfer and "
                   "adaptive on each adapter), next to the clean mIoU and the same prompts on a uniform grey image:",
