@@ -48,6 +48,11 @@ Files in ``--out``:
   ``bars.png`` (mIoU vs GT and ASR per attack and prompt type), ``transfer.png`` (heatmaps
   crafted-with x evaluated-with of the IoU vs the clean prediction).
 
+Batches: ``--batch-images B`` crafts every attack for B images at once (one forward + backward over the batch per
+step; :func:`evaluate_images`). Each image keeps its own seed, loss, best iterate and APGD state, so the records do
+not depend on B (not a setting: a run may be resumed with another B); an image's ``seconds`` is its share of its
+group's time.
+
 Scale out: ``torchrun --nproc-per-node N -m samdemo evaluate ...`` (several nodes through torchrun's
 rendezvous). The processes join a gloo group (barriers only; ``samdemo.distributed``), each runs on
 ``cuda:<local rank>`` (or ``--device``; the CPU without CUDA) and takes every N-th of the images still to do

@@ -36,7 +36,8 @@ def mask_loss(engine: SegmentEngine, features: ImageFeatures, prompts: list[Prom
 
 
 class MaskAttack(Attack):
-    """Attack-SAM style: push the masks of the user's prompts to background."""
+    """Attack-SAM style: push the masks of the user's prompts to background. Batches: one encoder pass for
+    the batch, then one decoder call per image with its own prompts."""
 
     name = "mask"
     uses_prompts = True

@@ -236,6 +236,11 @@ class CrossPromptAttack(Attack):
     three); high_res_weight: SAM 2's high-res maps; prompt_source: where the mask term's prompts
     come from, "segments" (the pool of the clean model's segments) or "uniform" (anywhere in the
     image, :class:`UniformPromptPool`). See docs/METHOD.md for the measurements.
+
+    Batches: the encoder forward + backward runs over the whole batch; what is inherently per image (the
+    prompt pool, channel importance and key channels in :meth:`prepare`; the key-channel distance and the
+    mask term's sampled prompts, drawn from image i's generator, and their decoder call in :meth:`loss`)
+    runs image by image on the batched features.
     """
 
     name = "cross-prompt"
