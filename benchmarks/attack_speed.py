@@ -67,7 +67,7 @@ def step_times(attack: CrossPromptAttack, x: torch.Tensor) -> list[float]:
 def naive_step_times(engine: SegmentEngine, x: torch.Tensor, attack: CrossPromptAttack, n: int, steps: int):
     """Per step: for each of n prompts, re-encode the image, decode that prompt, backward."""
     with torch.no_grad():
-        state = attack.prepare(x, None, torch.Generator().manual_seed(0))
+        state = attack.prepare(x, None, [torch.Generator().manual_seed(0)])
     pool, rng = state["pools"][0], torch.Generator().manual_seed(0)
     delta, times = torch.zeros_like(x), []
     for _ in range(steps):

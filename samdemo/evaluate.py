@@ -48,6 +48,11 @@ Files in ``--out``:
   ``bars.png`` (mIoU vs GT and ASR per attack and prompt type), ``transfer.png`` (heatmaps
   crafted-with x evaluated-with of the IoU vs the clean prediction).
 
+Batches: ``--batch-images B`` crafts every attack for B images at once (one forward + backward over the batch per
+step; :func:`evaluate_images`). Each image keeps its own seed, loss, best iterate and APGD state, so the records do
+not depend on B (not a setting: a run may be resumed with another B); an image's ``seconds`` is its share of its
+group's time.
+
 Scale out: ``torchrun --nproc-per-node N -m samdemo evaluate ...`` (several nodes through torchrun's
 rendezvous). The processes join a gloo group (barriers only; ``samdemo.distributed``), each runs on
 ``cuda:<local rank>`` (or ``--device``; the CPU without CUDA) and takes every N-th of the images still to do
@@ -124,8 +129,9 @@ class Settings:
     max_side: int
     restarts: int = 1
 
-    def request(self, attack: str, seed: int) -> AttackRequest:
-        """The attack ``attack`` under this run's threat model, seeded per image."""
+    def request(self, attack: str, seed: int | tuple[int, ...]) -> AttackRequest:
+        """The attack ``attack`` under this run's threat model, seeded per image (a tuple: one seed per image
+        of the batch)."""
         return AttackRequest(attack=attack, generator=self.generator, eps255=self.eps, steps=self.steps, seed=seed,
                              restarts=self.restarts)
 
@@ -156,6 +162,10 @@ def configure_parser(parser) -> None:
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                         help=f"downscale larger images to this longest side, default {DEFAULT_MAX_SIDE}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-images", type=int, default=1, metavar="B",
+                        help="craft each attack for B images at once (one forward + backward over a batch per "
+                             "step; images of one size); every image keeps its own seed, loss and best iterate, "
+                             "so the results do not depend on B (see docs/METHOD.md); default 1")
     distributed.add_device_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
 
@@ -175,7 +185,7 @@ def parse_settings(args) -> Settings:
     eps_from_255(args.eps)
     validate_steps(args.steps)
     validate_restarts(args.restarts)
-    for name in ("limit", "max_instances", "max_side"):
+    for name in ("limit", "max_instances", "max_side", "batch_images"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}.")
@@ -207,7 +217,7 @@ def run(args) -> int:
         base = load_engine(settings.model, device=device, frozen=True)
         dataset = open_dataset(settings.data, scene_size=base.image_size, max_side=settings.max_side)
         defenses = load_defenses(base, settings.adapters)
-        results = evaluate(defenses, dataset, settings, args.out, limit=args.limit)
+        results = evaluate(defenses, dataset, settings, args.out, limit=args.limit, batch_images=args.batch_images)
     finally:
         distributed.teardown()
     if results is None:  # another process than rank 0: its records are in its log, rank 0 wrote the results
@@ -262,9 +272,58 @@ def sampled_points(mask: np.ndarray, rng: np.random.Generator, k: int = SAMPLED_
     return Prompt(points=np.stack([xs[pick], ys[pick]], 1).astype(np.float32), labels=np.ones(k, np.int64))
 
 
-def evaluate_image(defenses: list[Defense], image: np.ndarray, masks: np.ndarray, settings: Settings,
-                   seed: int) -> dict:
-    """Raw per-instance IoUs of one H x W x 3 uint8 image with N x H x W ground-truth masks (N >= 1)."""
+@dataclass
+class _Image:
+    """One image of a group in :func:`evaluate_images`: its objects, 1 x 3 x H x W tensor, N x H x W ground truth,
+    attack seed, clean masks per defense and type, and its log entry."""
+
+    objects: list[dict[str, Prompt]]
+    x: torch.Tensor
+    gt: torch.Tensor
+    seed: int
+    clean: dict[str, dict[str, torch.Tensor]]
+    entry: dict
+
+
+def evaluate_images(defenses: list[Defense], samples: list[tuple[np.ndarray, np.ndarray, int]],
+                    settings: Settings) -> list[dict]:
+    """Raw per-instance IoUs of a group of images, one entry per ``(H x W x 3 uint8 image, N x H x W ground-truth
+    masks (N >= 1), attack seed)``.
+
+    Each attack row is crafted once for the whole group: one batch per image size (``craft`` with one seed per
+    image), so an attack step is one forward + backward over the batch. The attacks keep every image's randomness,
+    loss and best iterate its own (``samdemo.attacks.base``): an image's entry is the one it gets in a group of one,
+    as far as the model gives an image the same bits in a batch as alone."""
+    images = [_setup_image(defenses, *sample, settings) for sample in samples]
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.x.shape), []).append(i)
+    types = settings.prompts
+    rows = attack_rows(settings.attacks, [t for t in types if t not in DERIVED_TYPES])
+    for crafter in defenses:
+        # the original model's attacks are evaluated on every defense (transfer): crafted once
+        targets = defenses if crafter is defenses[0] else [crafter]
+        for _, attack, craft_type in rows:
+            adversarial = {}
+            for batch in by_size.values():
+                result = craft(settings.request(attack, tuple(images[i].seed for i in batch)), crafter.engine,
+                               torch.cat([images[i].x for i in batch]),
+                               [[o[craft_type] for o in images[i].objects] for i in batch] if craft_type else None)
+                adversarial |= {i: result.adv_images[j:j + 1] for j, i in enumerate(batch)}
+            for i, image in enumerate(images):
+                for target in targets:
+                    mode = "white-box" if target is defenses[0] else "transfer" if crafter is defenses[0] else "adaptive"
+                    adv = predict_types(target.engine, adversarial[i], image.objects, types)
+                    image.entry["attacked"] += [
+                        {"defense": target.label, "mode": mode, "attack": attack, "crafted_with": craft_type or "none",
+                         "evaluated_with": t, "iou_gt": _ious(adv[t], image.gt),
+                         "iou_clean": _ious(adv[t], image.clean[target.label][t])} for t in types]
+    return [image.entry for image in images]
+
+
+def _setup_image(defenses: list[Defense], image: np.ndarray, masks: np.ndarray, seed: int,
+                 settings: Settings) -> _Image:
+    """An image's objects and prompts of every type, and its entry with the clean and grey IoUs (no attack yet)."""
     objects, masks = object_prompts(defenses[0].engine, image, largest_instances(masks, settings.max_instances))
     if "points" in settings.prompts:
         rng = np.random.default_rng(seed)
@@ -285,21 +344,7 @@ def evaluate_image(defenses: list[Defense], image: np.ndarray, masks: np.ndarray
              "grey": {d.label: {t: _ious(m, gt) for t, m in predict_types(d.engine, grey, objects, types).items()}
                       for d in defenses},
              "attacked": []}
-    rows = attack_rows(settings.attacks, [t for t in types if t not in DERIVED_TYPES])
-    for crafter in defenses:
-        # the original model's attacks are evaluated on every defense (transfer): crafted once
-        targets = defenses if crafter is defenses[0] else [crafter]
-        for _, attack, craft_type in rows:
-            result = craft(settings.request(attack, seed), crafter.engine, x,
-                           [o[craft_type] for o in objects] if craft_type else None)
-            for target in targets:
-                mode = "white-box" if target is defenses[0] else "transfer" if crafter is defenses[0] else "adaptive"
-                adv = predict_types(target.engine, result.adv_images, objects, types)
-                entry["attacked"] += [{"defense": target.label, "mode": mode, "attack": attack,
-                                       "crafted_with": craft_type or "none", "evaluated_with": t,
-                                       "iou_gt": _ious(adv[t], gt), "iou_clean": _ious(adv[t], clean[target.label][t])}
-                                      for t in types]
-    return entry
+    return _Image(objects, x, gt, seed, clean, entry)
 
 
 def _ious(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
@@ -307,9 +352,14 @@ def _ious(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------ the run
-def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, limit: int | None = None) -> dict | None:
+def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, limit: int | None = None,
+             batch_images: int = 1) -> dict | None:
     """Evaluate the first ``limit`` samples of ``dataset`` (resuming from the per-image logs in ``out``), then
     write results.json, results.csv, report.md and the plots. Returns the results.json content.
+
+    ``batch_images``: images whose attacks are crafted together (:func:`evaluate_images`), in the order they are
+    evaluated; their records are written when their group is done. Not a setting: the records do not depend on it,
+    and a run may be resumed with another value.
 
     In a process group (torchrun, :func:`samdemo.distributed.setup`) the images still to do are dealt out
     round-robin (the i-th to rank i % world size), each rank appends to its own log, and rank 0 waits for all,
@@ -332,19 +382,21 @@ def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, li
         _prepare_log(own, recorded)
     progress = (dict(desc="evaluate", initial=len(names) - len(todo), total=len(names)) if world == 1 else
                 dict(desc=f"evaluate (rank 0 of {world})", total=len(mine)))
-    with open(own, "a", encoding="utf-8") if mine else contextlib.nullcontext() as log:
-        for index in tqdm(mine, unit="image", disable=rank != 0, **progress):
-            sample = dataset[index]
+    with (open(own, "a", encoding="utf-8") if mine else contextlib.nullcontext() as log,
+          tqdm(unit="image", disable=rank != 0, **progress) as bar):
+        for first in range(0, len(mine), batch_images):
+            samples = [dataset[index] for index in mine[first:first + batch_images]]
             start = time.perf_counter()
-            if len(sample.masks):
-                entry = evaluate_image(defenses, sample.image, sample.masks, settings,
-                                       image_seed(settings.seed, sample.name))
-            else:
-                entry = {"instances": 0, "skipped": "no instance"}
-            entry = {"name": sample.name} | entry | {"seconds": round(time.perf_counter() - start, 3)}
-            log.write(json.dumps(entry) + "\n")
+            measured = iter(evaluate_images(defenses, [(s.image, s.masks, image_seed(settings.seed, s.name))
+                                                       for s in samples if len(s.masks)], settings))
+            seconds = round((time.perf_counter() - start) / len(samples), 3)  # each image's share of its group
+            for sample in samples:
+                entry = next(measured) if len(sample.masks) else {"instances": 0, "skipped": "no instance"}
+                entry = {"name": sample.name} | entry | {"seconds": seconds}
+                log.write(json.dumps(entry) + "\n")
+                done[sample.name] = entry
             log.flush()
-            done[sample.name] = entry
+            bar.update(len(samples))
     distributed.barrier()  # every process's records are written
     if rank != 0:
         return None

@@ -42,13 +42,16 @@ class AttackRequest:
     """One attack under an L-infinity threat model. ``eps255`` and ``step_size255`` are in 1/255 units
     (``eps255=8`` is 8/255 of the [0, 1] pixel range); ValueError with one clear message when invalid.
 
-    ``restarts``: random starts, each image keeps its best iterate over all of them (AutoAttack's rule)."""
+    ``restarts``: random starts, each image keeps its best iterate over all of them (AutoAttack's rule).
+    ``seed``: one whole number for the batch (one random stream its images share), or a tuple of them, one
+    per image: each image is then attacked as it would be alone with its seed, in a batch of any size
+    (``samdemo.attacks.base``)."""
 
     attack: str = DEFAULT_ATTACK
     generator: str = "pgd"
     eps255: float = 8.0
     steps: int = DEFAULT_STEPS
-    seed: int = 0
+    seed: int | tuple[int, ...] = 0
     restarts: int = 1
     step_size255: float | None = None
     random_start: bool = True
@@ -62,8 +65,13 @@ class AttackRequest:
         eps_from_255(self.eps255)
         validate_steps(self.steps)
         validate_restarts(self.restarts)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a whole number >= 0; got {self.seed!r}.")
+        if isinstance(self.seed, (list, tuple)):
+            object.__setattr__(self, "seed", tuple(self.seed))  # a list given is kept as an immutable tuple
+        for seed in self.seed if isinstance(self.seed, tuple) else [self.seed]:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+                raise ValueError(f"seed must be a whole number >= 0 (or one per image); got {self.seed!r}.")
+        if self.seed == ():
+            raise ValueError("seed: one per image needs at least one seed.")
 
     @property
     def eps(self) -> float:
@@ -91,7 +99,8 @@ class AttackRequest:
 def craft(request: AttackRequest, engine: SegmentEngine, images: torch.Tensor, prompts=None,
           progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> AttackResult:
     """Perturb a B x 3 x H x W batch in [0, 1] against ``engine``. ``prompts`` (one list of
-    :class:`Prompt` per image, or one list for a single image) are used only by prompt-specific attacks."""
+    :class:`Prompt` per image, or one list for a single image) are used only by prompt-specific attacks.
+    With one ``request.seed`` per image, image i's perturbation is the one it gets alone with seed i."""
     attack = request.build(engine, progress, cancel)
     return attack(images, prompts if attack.uses_prompts else None)
 

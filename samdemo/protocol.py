@@ -19,7 +19,7 @@ WORST_CASE = "worst-case"
 
 
 def worst_case_rows(entry: dict) -> list[dict]:
-    """Rows of one image's log entry (``evaluate.evaluate_image``), one per defense and evaluation
+    """Rows of one image's log entry (``evaluate.evaluate_images``), one per defense and evaluation
     type: per object the attacked row with the lowest IoU vs ground truth (its IoU vs the clean
     prediction comes from that same row), over every mode and attack evaluated on that defense."""
     groups: dict[tuple[str, str], list[dict]] = {}

@@ -35,12 +35,13 @@ def lines(path) -> list[str]:
 
 @pytest.fixture
 def crafted(monkeypatch):
-    """Counts the attacks actually crafted (the real function runs)."""
+    """Counts the attacks actually crafted, per image (the real function runs)."""
     calls = []
     real = evaluate.craft
 
-    def counting(request, engine, images, prompts=None, *args):
-        calls.append((engine.adapter_tag, request.attack, prompts[0].kind if prompts else None))
+    def counting(request, engine, images, prompts=None, *args):  # prompts: one list per image of the batch
+        for i in range(len(images)):
+            calls.append((engine.adapter_tag, request.attack, prompts[i][0].kind if prompts else None))
         return real(request, engine, images, prompts, *args)
 
     monkeypatch.setattr(evaluate, "craft", counting)
@@ -79,6 +80,7 @@ def test_sampled_points_lie_in_the_mask():
     (["--steps", "0"], "steps must be an integer between 1 and 1000"),
     (["--limit", "0"], "--limit must be a positive integer"),
     (["--attacks", "random,random"], "without repeats"),
+    (["--batch-images", "0"], "--batch-images must be a positive integer"),
 ])
 def test_bad_arguments(tmp_path, capsys, argv, message):
     assert cli("--out", tmp_path / "out", *argv) != 0
@@ -219,3 +221,26 @@ def test_cross_prompt_attack_beats_random_noise(tmp_path):
         attack, noise = records[("cross-prompt", t)], records[("random", t)]
         assert attack["asr"] > noise["asr"] + 0.2, (attack, noise)
         assert attack["miou_clean"] < noise["miou_clean"] - 0.2
+
+
+@needs_model
+def test_batch_images_give_the_same_records(tmp_path, crafted):
+    """Attacks crafted for groups of 2 images (the last group of 1) on the model and its adapter: the same per-image
+    entries (but their time) and the same records as one image at a time; a run resumes with any group size."""
+    argv = ["--adapter", ADAPTER, "--data", "scenes", "--limit", 3, "--attacks", "cross-prompt,mask,random",
+            "--prompts", "point,box", "--steps", 2, "--max-instances", 2, "--generator", "apgd"]
+    assert cli(*argv, "--out", tmp_path / "one") == 0
+    assert cli(*argv, "--batch-images", 2, "--out", tmp_path / "two") == 0
+    assert len(crafted) == 2 * 3 * (4 + 4)  # per run and image: 4 rows on the model, 4 on the adapter
+
+    def entries(out):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines(out / evaluate.LOG_FILE)]
+
+    def records(out):
+        return json.loads((out / "results.json").read_text())["records"]
+
+    assert entries(tmp_path / "two") == entries(tmp_path / "one")
+    assert records(tmp_path / "two") == records(tmp_path / "one")
+    assert {r["miou_clean"] for r in records(tmp_path / "one") if r["attack"] == "cross-prompt"} != {1.0}
+    crafted.clear()
+    assert cli(*argv, "--batch-images", 3, "--out", tmp_path / "two") == 0 and crafted == []

@@ -12,6 +12,16 @@ features, prompts, key channels...) and which *loss* to maximise (one value per 
 noise-generator update (``generators.py``, ``apgd.py``), projection, progress callback and
 cancellation check. It returns, per image, the *best* iterate (the highest loss seen, over all
 steps and all ``restarts`` random starts), not the last one (Croce & Hein 2020; Carlini et al. 2019).
+
+Batches: a B x 3 x H x W batch is one encoder forward + backward per step, and every image is
+attacked on its own: its loss is its own value (the B values are summed, so gradients do not mix),
+its best iterate, step size and checkpoints are its own, and with one seed per image
+(``seed=[s_1, ..., s_B]``) its random draws (start, restarts, sampled prompts) come from its own
+generator. An image then gets the perturbation it gets alone with its seed, whatever batch it is
+crafted in, as far as the model's forward pass gives each image the same bits in a batch as alone
+(true of the shipped models on the CPU; a backend that picks another convolution or matmul
+algorithm for another batch size changes the last bits, and a sign step can turn such a difference
+into a different pixel).
 """
 
 from __future__ import annotations
@@ -117,6 +127,17 @@ def as_generator(seed, device: torch.device | str = "cpu") -> torch.Generator:
     return generator
 
 
+def per_image_generators(seed, batch: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """``batch`` random streams, one per image. ``seed``: one seed (int, torch.Generator or None, see
+    :func:`as_generator`) is one stream the images share, drawn from in image order; a list or tuple of
+    ``batch`` seeds gives every image its own stream, so that its draws do not depend on the other images."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != batch:
+            raise ValueError(f"seed: one per image is {batch} seeds; got {len(seed)}.")
+        return [as_generator(s, device) for s in seed]
+    return [as_generator(seed, device)] * batch
+
+
 # ---------------------------------------------------------------------------------------------
 # quantisation
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +169,7 @@ def quantize_project(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torc
 class AttackResult:
     """adv_images: B x 3 x H x W float32, every value k/255 and within eps of the input.
     perturbation: adv_images - images. losses: the objective the attack maximises, at each
-    step's iterate (minus the BCE for mask losses, so those are negative).
+    step's iterate, summed over the batch (minus the BCE for mask losses, so those are negative).
     seconds: wall time of forward. info: attack-specific details (key channels, pool sizes...)."""
 
     adv_images: torch.Tensor
@@ -239,7 +260,9 @@ class Attack:
     *maximise*, one per image: their sum is differentiated, so every image gets its own gradient,
     and the per-image values choose each image's best iterate). ``restarts``: independent random
     starts (the first one at x itself when ``random_start`` is False); the best iterate over all of
-    them is returned.
+    them is returned. ``seed``: an int, a torch.Generator or None for the whole batch, or a list of
+    them, one per image (:func:`per_image_generators`); ``prepare`` and ``loss`` get the B
+    generators as ``rngs`` and draw image i's randomness from ``rngs[i]`` only.
     """
 
     name = "base"
@@ -259,8 +282,9 @@ class Attack:
                           else validate_step_size(step_size, self.eps, self.steps))
         self.restarts = validate_restarts(restarts)
         self.random_start = bool(random_start)
-        if seed is not None and not isinstance(seed, torch.Generator):
-            as_generator(seed)  # validate now rather than at the first forward
+        for one in seed if isinstance(seed, (list, tuple)) else [seed]:
+            if one is not None and not isinstance(one, torch.Generator):
+                as_generator(one)  # validate now rather than at the first forward
         self.seed = seed
         self.progress = progress
         self.cancel = cancel
@@ -271,11 +295,12 @@ class Attack:
                 f"random_start={self.random_start}, restarts={self.restarts})")
 
     # -- to override ---------------------------------------------------------------------------
-    def prepare(self, images: torch.Tensor, prompts, rng: torch.Generator) -> dict:
+    def prepare(self, images: torch.Tensor, prompts, rngs: list[torch.Generator]) -> dict:
+        """State of the B x 3 x H x W clean ``images`` for :meth:`loss` (no gradient); ``rngs``: one per image."""
         return {}
 
-    def loss(self, adv: torch.Tensor, state: dict, step: StepInfo, rng: torch.Generator) -> torch.Tensor:
-        """B values to maximise, one per image of ``adv``."""
+    def loss(self, adv: torch.Tensor, state: dict, step: StepInfo, rngs: list[torch.Generator]) -> torch.Tensor:
+        """B values to maximise, one per image of ``adv``; value i depends on image i (and ``rngs[i]``) only."""
         raise NotImplementedError
 
     # -- the loop --------------------------------------------------------------------------------
@@ -288,8 +313,9 @@ class Attack:
             return 1, self.eps, self.random_start
         return self.steps, self.step_size, self.random_start
 
-    def _per_image_loss(self, adv: torch.Tensor, state: dict, step: StepInfo, rng: torch.Generator) -> torch.Tensor:
-        loss = self.loss(adv, state, step, rng)
+    def _per_image_loss(self, adv: torch.Tensor, state: dict, step: StepInfo,
+                        rngs: list[torch.Generator]) -> torch.Tensor:
+        loss = self.loss(adv, state, step, rngs)
         if loss.ndim != 1 or len(loss) != len(adv):
             raise RuntimeError(f"{type(self).__name__}.loss must return one value per image "
                                f"({len(adv)}); got shape {tuple(loss.shape)}.")
@@ -299,12 +325,12 @@ class Attack:
         start = time.perf_counter()
         source_device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
         x = validate_images(images).to(self.engine.device)
-        rng = as_generator(self.seed, "cpu")
+        rngs = per_image_generators(self.seed, len(x), "cpu")
         steps, step_size, random_start = self.schedule()
         total = steps * self.restarts
         self._check_cancel(0, total)
         with torch.no_grad():
-            state = self.prepare(x, prompts, rng)
+            state = self.prepare(x, prompts, rngs)
         best_delta = torch.zeros_like(x)
         best_loss = torch.full((len(x),), -math.inf, device=x.device)
         best_step = torch.zeros(len(x), dtype=torch.long)
@@ -319,7 +345,8 @@ class Attack:
 
         for restart in range(self.restarts):
             if (random_start or restart > 0) and self.eps > 0:
-                noise = torch.rand(x.shape, generator=rng, dtype=torch.float32).to(x.device)
+                noise = torch.cat([torch.rand((1, *x.shape[1:]), generator=g, dtype=torch.float32)
+                                   for g in rngs]).to(x.device)
                 delta = project((noise * 2 - 1) * self.eps, x, self.eps)
             else:
                 delta = torch.zeros_like(x)
@@ -329,7 +356,7 @@ class Attack:
                 self._check_cancel(done, total)
                 adv = (x + delta).detach().requires_grad_(True)
                 with torch.enable_grad():
-                    loss = self._per_image_loss(adv, state, StepInfo(t, steps, self.generator.pixel_weighting), rng)
+                    loss = self._per_image_loss(adv, state, StepInfo(t, steps, self.generator.pixel_weighting), rngs)
                     (grad,) = torch.autograd.grad(loss.sum(), adv)
                 losses.append(float(loss.detach().sum()))
                 keep_best(delta, loss, done)  # every point of the ball is a candidate, the start too
@@ -338,7 +365,7 @@ class Attack:
                     self.progress(done + 1, total)
             with torch.no_grad():  # the last iterate has not been scored yet
                 keep_best(delta, self._per_image_loss(x + delta, state, StepInfo(steps, steps,
-                                                                                 self.generator.pixel_weighting), rng),
+                                                                                 self.generator.pixel_weighting), rngs),
                           restart * steps + steps)
         adv_images = quantize_project(x + best_delta, x, self.eps)
         info = {"attack": self.name, "generator": self.generator.name, "steps_run": total,

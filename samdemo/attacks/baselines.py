@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from samdemo.attacks.base import (DEFAULT_EPS, DEFAULT_STEPS, Attack, AttackResult, StepInfo, as_generator,
-                                  background_bce, feature_distance, per_image_prompts, quantize_project,
+from samdemo.attacks.base import (DEFAULT_EPS, DEFAULT_STEPS, Attack, AttackResult, StepInfo, background_bce,
+                                  feature_distance, per_image_generators, per_image_prompts, quantize_project,
                                   validate_images)
 from samdemo.attacks.generators import project
 from samdemo.engine import ImageFeatures, SegmentEngine
@@ -36,7 +36,8 @@ def mask_loss(engine: SegmentEngine, features: ImageFeatures, prompts: list[Prom
 
 
 class MaskAttack(Attack):
-    """Attack-SAM style: push the masks of the user's prompts to background."""
+    """Attack-SAM style: push the masks of the user's prompts to background. Batches: one encoder pass for
+    the batch, then one decoder call per image with its own prompts."""
 
     name = "mask"
     uses_prompts = True
@@ -49,7 +50,7 @@ class MaskAttack(Attack):
             raise ValueError(f"tokens must be 'all' or 'chosen'; got {tokens!r}.")
         self.tokens = tokens
 
-    def prepare(self, images, prompts, rng):
+    def prepare(self, images, prompts, rngs):
         groups = per_image_prompts(prompts, len(images))
         hw = tuple(images.shape[-2:])
         for group in groups:
@@ -57,7 +58,7 @@ class MaskAttack(Attack):
                 prompt.validate(hw)
         return {"prompts": groups, "info": {"prompts": sum(len(g) for g in groups), "tokens": self.tokens}}
 
-    def loss(self, adv, state, step, rng):
+    def loss(self, adv, state, step, rngs):
         feats = self.engine.embed(adv)
         # maximise minus the BCE: the masks go to background
         return -torch.stack([mask_loss(self.engine, feats, group, i, step, self.tokens)
@@ -77,10 +78,10 @@ class FeatureAttack(Attack):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
         self.distance, self.high_res_weight = distance, float(high_res_weight)
 
-    def prepare(self, images, prompts, rng):
+    def prepare(self, images, prompts, rngs):
         return {"clean": self.engine.embed(images), "info": {"distance": self.distance}}
 
-    def loss(self, adv, state, step, rng):
+    def loss(self, adv, state, step, rngs):
         clean: ImageFeatures = state["clean"]
         feats = self.engine.embed(adv)
         per_image = feature_distance(feats.image_embed, clean.image_embed, self.distance)
@@ -99,9 +100,10 @@ class RandomAttack(Attack):
         start = time.perf_counter()
         source_device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
         x = validate_images(images)
-        rng = as_generator(self.seed, "cpu")
+        rngs = per_image_generators(self.seed, len(x), "cpu")
         self._check_cancel(0, 1)
-        signs = torch.randint(0, 2, x.shape, generator=rng, device="cpu").float().to(x.device) * 2 - 1
+        signs = torch.cat([torch.randint(0, 2, (1, *x.shape[1:]), generator=g, device="cpu")
+                           for g in rngs]).float().to(x.device) * 2 - 1
         adv = quantize_project(x + project(signs * self.eps, x, self.eps), x, self.eps)
         if self.progress is not None:
             self.progress(1, 1)

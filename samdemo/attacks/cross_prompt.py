@@ -236,6 +236,11 @@ class CrossPromptAttack(Attack):
     three); high_res_weight: SAM 2's high-res maps; prompt_source: where the mask term's prompts
     come from, "segments" (the pool of the clean model's segments) or "uniform" (anywhere in the
     image, :class:`UniformPromptPool`). See docs/METHOD.md for the measurements.
+
+    Batches: the encoder forward + backward runs over the whole batch; what is inherently per image (the
+    prompt pool, channel importance and key channels in :meth:`prepare`; the key-channel distance and the
+    mask term's sampled prompts, drawn from image i's generator, and their decoder call in :meth:`loss`)
+    runs image by image on the batched features.
     """
 
     name = "cross-prompt"
@@ -263,7 +268,7 @@ class CrossPromptAttack(Attack):
         self.prompt_source = prompt_source
         self.high_res_weight = float(high_res_weight)
 
-    def prepare(self, images, prompts, rng):
+    def prepare(self, images, prompts, rngs):
         engine = self.engine
         clean = engine.embed(images)
         channels = clean.image_embed.shape[1]
@@ -280,7 +285,7 @@ class CrossPromptAttack(Attack):
                 "importance": [{t: v.tolist() for t, v in imp.items()} for imp in importances]}
         return {"clean": clean, "pools": pools, "keys": keys, "info": info}
 
-    def loss(self, adv, state, step: StepInfo, rng):
+    def loss(self, adv, state, step: StepInfo, rngs):
         clean: ImageFeatures = state["clean"]
         feats = self.engine.embed(adv)
         per_image = []
@@ -293,7 +298,7 @@ class CrossPromptAttack(Attack):
                     for f, c in zip(feats.high_res, clean.high_res)) / len(feats.high_res)
             if self.mix:
                 pool = state["pools"][i] if self.prompt_source == "segments" else UniformPromptPool(clean.orig_hw)
-                prompts = pool.sample(self.prompts_per_step, rng, self.mix_types)
+                prompts = pool.sample(self.prompts_per_step, rngs[i], self.mix_types)
                 prediction = self.engine.decode(feats, prompts, image_index=i, validate=False)
                 total = total - self.mix * background_bce(prediction.low_res_all, step).mean()  # masks -> background
             per_image.append(total)
