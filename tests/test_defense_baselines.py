@@ -258,7 +258,7 @@ def test_train_adapter_two_steps_writes_a_loadable_adapter(method, tmp_path):
     assert set(config["training"]["lr_per_tensor"]) == {f"image_encoder.neck.{i}.{n}" for i in (0, 2) for n in names}
     adapter.remove()
     other = _train_cfg(method="svd" if method != "svd" else "full", steps=2)  # the run dir belongs to `method`
-    with pytest.raises(RuntimeError, match="another model, method, target layers or rank"):
+    with pytest.raises(RuntimeError, match="another model, method, target layers, rank"):
         train_adapter(other, tmp_path / "run", None, engine=engine)
 
 
