@@ -12,7 +12,7 @@ median(merged) / median(original) over the rounds (the median of the per-round r
 recorded too). The unmerged adapter (W' recomputed at every forward, on a copy of the model) is
 timed too, for reference.
 
-    OMP_NUM_THREADS=1 python benchmarks/adapter_merge.py                 # sam-small, CPU
+    OMP_NUM_THREADS=1 python benchmarks/adapter_merge.py --device cpu    # sam-small, CPU
     python benchmarks/adapter_merge.py --model sam2-small --out /tmp/sam2_merge.json
 
 Timing does not depend on the weights, so a missing checkpoint falls back to random weights
@@ -37,7 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import clock, parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 from samdemo.defense import apply_adapter, default_target_modules  # noqa: E402
 from samdemo.build import ModelUnavailableError, get_spec, load_model  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
@@ -45,12 +46,12 @@ from samdemo.prompts import prompts_from_mask  # noqa: E402
 from samdemo.scenes import test_scenes  # noqa: E402
 
 
-def load(name: str) -> tuple[torch.nn.Module, str]:
+def load(name: str, device: str) -> tuple[torch.nn.Module, str]:
     try:
-        return load_model(name, device="cpu"), "trained"
+        return load_model(name, device=device), "trained"
     except ModelUnavailableError:
         torch.manual_seed(0)
-        return load_model(name, device="cpu", random_init=True), "random init (no checkpoint)"
+        return load_model(name, device=device, random_init=True), "random init (no checkpoint)"
 
 
 def main(argv=None) -> dict:
@@ -61,10 +62,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapter_merge.json")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
     torch.set_num_threads(args.threads)
 
-    model, weights = load(args.model)
+    model, weights = load(args.model, args.device)
     family = get_spec(args.model).family
     # "original" and "merged" are the *same* model object (same memory for every other tensor):
     # merged = adapter applied and merged, original = adapter removed (the original tensors back).
@@ -75,7 +77,7 @@ def main(argv=None) -> dict:
     for name, module in model.named_modules():
         if name in default_target_modules(family):
             s = torch.linalg.svdvals(module.weight.detach().reshape(module.weight.shape[0], -1).double()).float()
-            values[name] = s * (1 + 0.1 * torch.randn(len(s), generator=g))
+            values[name] = s * (1 + 0.1 * torch.randn(len(s), generator=g).to(s.device))
 
     def merged_state():
         adapter = apply_adapter(engine)
@@ -90,7 +92,7 @@ def main(argv=None) -> dict:
     adapter.remove()
 
     scene = test_scenes(1, size=engine.image_size)[0]
-    image = image_to_tensor(scene.image)
+    image = image_to_tensor(scene.image).to(engine.device)  # the copy to a GPU is not part of the workload
     mask = max(scene.masks, key=lambda m: m.sum())
     prompts = list(prompts_from_mask(mask).values())
 
@@ -102,9 +104,9 @@ def main(argv=None) -> dict:
         """Fastest of ``reps`` calls, in ms (the minimum is the least disturbed by other processes)."""
         best = math.inf
         for _ in range(args.reps):
-            start = time.perf_counter()
+            start = clock(args.device)
             workload(engine)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, clock(args.device) - start)
         return best * 1000
 
     def merged_workload():
@@ -145,7 +147,7 @@ def main(argv=None) -> dict:
         "benchmark": "adapter_merge",
         "command": "OMP_NUM_THREADS=1 python benchmarks/adapter_merge.py " + " ".join(sys.argv[1:] if argv is None
                                                                                        else argv),
-        "model": args.model, "weights": weights, "family": family, "device": "cpu", "threads": args.threads,
+        "model": args.model, "weights": weights, "family": family, "device": args.device, "threads": args.threads,
         "workload": "embed one 256-px scene + decode point, box and mask prompts (no gradient)",
         "adapter": info | {"perturbation": "s = s_base * (1 + 0.1 N(0, 1))"},
         "variants": {"original": "the model without adapter", "merged": "the same model object with the adapter "

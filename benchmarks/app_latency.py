@@ -11,7 +11,7 @@ embedded model and its shipped adapter. Timing does not depend on the weights, s
 ``checkpoints/`` lacks them, random weights and a temporary adapter of the same shape are used
 (recorded in the JSON).
 
-    OMP_NUM_THREADS=1 python benchmarks/app_latency.py          # -> benchmarks/results/app_latency.json
+    OMP_NUM_THREADS=1 python benchmarks/app_latency.py --device cpu   # -> benchmarks/results/app_latency.json
     python benchmarks/app_latency.py --model sam2-small --clicks 10 --attacks 2 --out /tmp/x.json
 """
 
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,11 +34,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import app  # noqa: E402
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import clock, free_port, parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 from samdemo.app.handlers import Lab  # noqa: E402
 from samdemo.app.models import ModelManager  # noqa: E402
 from samdemo.app.session import MODE_POSITIVE  # noqa: E402
-from samdemo.build import CHECKPOINT_DIR, ModelUnavailableError, get_spec, load_model  # noqa: E402
+from samdemo.build import CHECKPOINT_DIR, ModelUnavailableError, get_spec, load_model, locate_weights  # noqa: E402
 from samdemo.engine import EmbeddingCache, SegmentEngine  # noqa: E402
 from samdemo.factory import load_engine  # noqa: E402
 
@@ -48,17 +48,12 @@ TARGET_ATTACK_S = 3.0
 CLICKS = [(128, 100), (60, 60), (200, 180), (90, 200), (180, 70), (40, 150), (150, 140), (220, 30)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_lab(model: str) -> tuple[Lab, str, str]:
-    """The app's Lab with the real weights and shipped adapter, or random weights + a temporary adapter."""
+def make_lab(model: str, device: str) -> tuple[Lab, str, str]:
+    """The app's Lab on ``device`` with the real weights and shipped adapter, or random weights + a temporary
+    adapter."""
     cache = EmbeddingCache(256 * 2**20)
     try:
-        load_model(model, device="cpu")
+        locate_weights(get_spec(model))
         weights = "trained"
         factory = None
     except ModelUnavailableError:
@@ -66,7 +61,7 @@ def make_lab(model: str) -> tuple[Lab, str, str]:
 
         def factory(name: str) -> SegmentEngine:
             torch.manual_seed(0)
-            return SegmentEngine(load_model(name, device="cpu", random_init=True), get_spec(name).family, name,
+            return SegmentEngine(load_model(name, device=device, random_init=True), get_spec(name).family, name,
                                  cache=cache)
     adapter_root = CHECKPOINT_DIR
     adapter = f"shipped (checkpoints/{model}-adapter)"
@@ -74,13 +69,13 @@ def make_lab(model: str) -> tuple[Lab, str, str]:
         from samdemo.defense import apply_adapter, remove_adapter, save_adapter
 
         adapter_root = Path(tempfile.mkdtemp(prefix="samdemo-bench-"))
-        engine = factory(model) if factory else load_engine(model, device="cpu")
+        engine = factory(model) if factory else load_engine(model, device=device)
         svd = apply_adapter(engine)
         svd.set_singular_values({k: s * 0.9 for k, (_, s) in svd.singular_values().items()})
         save_adapter(svd, adapter_root / f"{model}-adapter")
         remove_adapter(engine)
         adapter = "temporary adapter of the shipped shape (no shipped adapter found)"
-    manager = ModelManager(factory, cache=cache, adapter_root=adapter_root)
+    manager = ModelManager(factory, cache=cache, adapter_root=adapter_root, device=device)
     return Lab(manager), weights, adapter
 
 
@@ -98,12 +93,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", type=int, default=7, help="timed first clicks on freshly loaded examples (<= 7)")
     parser.add_argument("--attacks", type=int, default=5, help="timed 10-step attacks")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "app_latency.json")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
 
     from gradio_client import Client
 
     load_start = os.getloadavg()
-    lab, weights, adapter = make_lab(args.model)
+    lab, weights, adapter = make_lab(args.model, args.device)
     lab.preload(args.model, examples=False)  # so that the first click on an example includes its embedding
     demo = app.build_demo(lab, args.model)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -116,9 +112,9 @@ def main(argv=None) -> int:
         fresh = []
         for i in range(args.fresh):
             client.predict(model, 1 + i % 7, api_name="/load_example")  # 7 examples not yet embedded
-            start = time.perf_counter()
+            start = clock(args.device)
             client.predict(MODE_POSITIVE, model, *CLICKS[i % len(CLICKS)], api_name="/click")
-            fresh.append(time.perf_counter() - start)
+            fresh.append(clock(args.device) - start)
 
         # clicks on a cached image: the decoder, the overlay and the round trip
         client.predict(model, 0, api_name="/load_example")
@@ -126,9 +122,9 @@ def main(argv=None) -> int:
         clicks, handler = [], []
         for i in range(args.clicks):
             client.predict(model, api_name="/clear")
-            start = time.perf_counter()
+            start = clock(args.device)
             _, status = client.predict(MODE_POSITIVE, model, *CLICKS[i % len(CLICKS)], api_name="/click")
-            clicks.append(time.perf_counter() - start)
+            clicks.append(clock(args.device) - start)
             assert "Clean mask" in status, status
             handler.append(float(status.split(" ms.")[0].rsplit(", ", 1)[1]) / 1000)  # model time, from the status
 
@@ -137,10 +133,10 @@ def main(argv=None) -> int:
         client.predict(model, "shipped", "", "", "mask", "pgd", 8, 2, 0, "original", api_name="/attack")  # warm-up
         attacks, attack_only = [], []
         for i in range(args.attacks):
-            start = time.perf_counter()
+            start = clock(args.device)
             outputs = client.predict(model, "shipped", "", "", "mask", "pgd", 8, 10, i, "original",
                                      api_name="/attack")
-            attacks.append(time.perf_counter() - start)
+            attacks.append(clock(args.device) - start)
             panels = outputs[:4]
             assert all(p["value"] and "IoU" in p["label"] for p in panels), panels
             attack_only.append(float(outputs[-1].split("attack ")[1].split(" s")[0]))
@@ -155,7 +151,7 @@ def main(argv=None) -> int:
         "model": args.model,
         "weights": weights,
         "adapter": adapter,
-        "device": "cpu",
+        "device": args.device,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},

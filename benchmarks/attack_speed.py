@@ -6,7 +6,7 @@ decoder in one ``engine.decode`` call. Naive: the same N prompts, but the image 
 for each prompt (N encoder forward + backward per step), as a loop over a single-prompt attack
 would do. Also: the key-channel loss alone (``mix=0``, no decoder in the loop).
 
-    OMP_NUM_THREADS=1 python benchmarks/attack_speed.py            # sam-small, CPU
+    OMP_NUM_THREADS=1 python benchmarks/attack_speed.py --device cpu            # sam-small, CPU
     python benchmarks/attack_speed.py --model sam-vit-b --random-init --steps 2 --out /tmp/vitb.json
 
 Timing does not depend on the weights, so a missing checkpoint falls back to random weights
@@ -24,7 +24,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import clock, parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 from samdemo.attacks import CrossPromptAttack  # noqa: E402
 from samdemo.attacks.base import background_bce  # noqa: E402
 from samdemo.build import ModelUnavailableError, load_model  # noqa: E402
@@ -40,25 +40,26 @@ from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.scenes import test_scenes  # noqa: E402
 
 
-def get_engine(name: str, weights: Path | None, random_init: bool) -> tuple[SegmentEngine, str]:
+def get_engine(name: str, weights: Path | None, random_init: bool, device: str) -> tuple[SegmentEngine, str]:
     from samdemo.factory import load_engine
     from samdemo.build import get_spec
 
     if weights is not None:
-        return load_engine(name, weights), f"weights {weights}"
+        return load_engine(name, weights, device=device), f"weights {weights}"
     if not random_init:
         try:
-            return SegmentEngine(load_model(name, device="cpu"), get_spec(name).family, name), "trained"
+            return SegmentEngine(load_model(name, device=device), get_spec(name).family, name), "trained"
         except ModelUnavailableError:
             pass
     torch.manual_seed(0)
-    return SegmentEngine(load_model(name, device="cpu", random_init=True), get_spec(name).family, name), "random init"
+    return SegmentEngine(load_model(name, device=device, random_init=True), get_spec(name).family, name), "random init"
 
 
 def step_times(attack: CrossPromptAttack, x: torch.Tensor) -> list[float]:
+    device = attack.engine.device
     stamps = []
-    attack.progress = lambda t, total: stamps.append(time.perf_counter())
-    start = time.perf_counter()
+    attack.progress = lambda t, total: stamps.append(clock(device))
+    start = clock(device)
     attack(x)
     stamps.insert(0, start)
     return [b - a for a, b in zip(stamps, stamps[1:])]
@@ -71,7 +72,7 @@ def naive_step_times(engine: SegmentEngine, x: torch.Tensor, attack: CrossPrompt
     pool, rng = state["pools"][0], torch.Generator().manual_seed(0)
     delta, times = torch.zeros_like(x), []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = clock(engine.device)
         grad = torch.zeros_like(x)
         for prompt in pool.sample(n, rng):
             adv = (x + delta).requires_grad_(True)
@@ -79,7 +80,7 @@ def naive_step_times(engine: SegmentEngine, x: torch.Tensor, attack: CrossPrompt
             loss = -background_bce(engine.decode(features, [prompt], validate=False).low_res_all).mean()
             grad += torch.autograd.grad(loss, adv)[0]
         delta = (delta + attack.step_size * grad.sign()).clamp(-attack.eps, attack.eps)
-        times.append(time.perf_counter() - start)
+        times.append(clock(engine.device) - start)
     return times
 
 
@@ -129,15 +130,16 @@ def main(argv=None) -> int:
     parser.add_argument("--flops-models", nargs="*", default=["sam-small", "sam-vit-b", "sam-vit-h"],
                         help="SAM v1 architectures whose step FLOPs to count (meta device)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attack_speed.json")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
 
-    engine, weights = get_engine(args.model, args.weights, args.random_init)
+    engine, weights = get_engine(args.model, args.weights, args.random_init, args.device)
     engine.model.requires_grad_(False)  # as in an attack: no parameter gradients
     scene = test_scenes(1, size=engine.image_size)[0]
-    x = image_to_tensor(scene.image)
+    x = image_to_tensor(scene.image).to(engine.device)
     med = lambda ts: statistics.median(ts[1:] if len(ts) > 1 else ts)  # noqa: E731
 
-    results = {"model": args.model, "weights": weights, "device": "cpu", "torch_threads": torch.get_num_threads(),
+    results = {"model": args.model, "weights": weights, "device": args.device, "torch_threads": torch.get_num_threads(),
                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                "image": list(scene.image.shape[:2]), "steps_timed": args.steps, "per_step_s": {}}
     feature_only = med(step_times(CrossPromptAttack(engine, steps=args.steps, seed=0, mix=0.0), x))

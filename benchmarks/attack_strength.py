@@ -1,7 +1,7 @@
 """Attack strength on held-out scenes: clean vs attacked mIoU against ground truth, per attack x
 crafting prompt type x evaluation prompt type (``samdemo.attacks.transfer.transfer_matrix``).
 
-    OMP_NUM_THREADS=1 python benchmarks/attack_strength.py --scenes 20     # sam-small and sam2-small
+    OMP_NUM_THREADS=1 python benchmarks/attack_strength.py --scenes 20 --device cpu   # sam-small and sam2-small
     python benchmarks/attack_strength.py --models sam-small --weights runs/sam-small/state.pt --scenes 5 --out /tmp/s.json
 
 Objects: up to ``--max-instances`` ground-truth instances per scene (the largest ones), each
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import clock, parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 from samdemo.attacks.transfer import DEFAULT_ATTACKS, EVAL_TYPES, transfer_matrix  # noqa: E402
 from samdemo.engine import image_to_tensor  # noqa: E402
 from samdemo.metrics import batch_iou  # noqa: E402
@@ -37,7 +37,7 @@ from samdemo.scenes import validation_scenes  # noqa: E402
 def evaluate(engine, args) -> dict:
     attack_kwargs = {"cross-prompt": args.cross} if args.cross else {}
     vs_gt, vs_clean, clean, blank, seconds, rows = [], [], [], [], {}, None
-    start = time.perf_counter()
+    start = clock(engine.device)
     for number, scene in enumerate(validation_scenes(args.scenes, size=engine.image_size)):
         order = np.argsort(-scene.masks.reshape(len(scene.masks), -1).sum(1), kind="stable")[:args.max_instances]
         masks = scene.masks[np.sort(order)]
@@ -55,7 +55,7 @@ def evaluate(engine, args) -> dict:
         blank_masks = predict_types(engine, image_to_tensor(grey), objects, EVAL_TYPES)
         blank.append(np.stack([batch_iou(blank_masks[t], torch.as_tensor(masks)).numpy() for t in EVAL_TYPES]))
         print(f"{engine.name} scene {number + 1}/{args.scenes}: {len(masks)} objects, "
-              f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+              f"{clock(engine.device) - start:.0f} s", file=sys.stderr, flush=True)
 
     vs_gt, vs_clean = np.concatenate(vs_gt, axis=2), np.concatenate(vs_clean, axis=2)
     clean = np.concatenate(clean, axis=1)
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS))
     parser.add_argument("--cross", type=json.loads, default={}, help='cross-prompt options as JSON, e.g. {"k": 64}')
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attack_strength.json")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
 
     from samdemo.factory import load_engine
 
@@ -104,14 +105,14 @@ def main(argv=None) -> int:
         parser.error("give one --weights file per model")
     output = {"settings": {"eps": f"{args.eps:g}/255", "steps": args.steps, "generator": args.generator,
                            "scenes": args.scenes, "max_instances": args.max_instances, "cross_prompt": args.cross,
-                           "step_size": "2.5 * eps / steps", "seeds": "scene index", "device": "cpu",
+                           "step_size": "2.5 * eps / steps", "seeds": "scene index", "device": args.device,
                            "torch_threads": torch.get_num_threads()},
               "rows_legend": "cross-prompt/feature/random: crafted without prompts; mask@T: crafted with the "
                              "objects' T prompts. Columns: the prompt type used for evaluation. blank: the same "
                              "prompts on a uniform grey image (no image information at all).",
               "models": {}}
     for index, model in enumerate(args.models):
-        engine = load_engine(model, args.weights[index] if args.weights else None, frozen=True)
+        engine = load_engine(model, args.weights[index] if args.weights else None, device=args.device, frozen=True)
         output["models"][model] = evaluate(engine, args)
     print(f"-> {write_json(args.out, output)}")
     return 0

@@ -1,12 +1,13 @@
 """Does bf16 autocast keep the results? Logits and attack outcomes, bf16 against fp32.
 
-    python benchmarks/bf16_fidelity.py [--models sam-small sam2-small] [--scenes 4] [--steps 10]
+    python benchmarks/bf16_fidelity.py [--models sam-small sam2-small] [--scenes 4] [--steps 10] [--device cpu]
 
 The engine runs the image encoder under ``torch.autocast(dtype=bfloat16)`` (``SegmentEngine
 (autocast_dtype=...)``); the decoder and the losses stay fp32. On CPU the engine leaves autocast
 off (CPUs without bf16 units only slow down), so this script switches it on for CPU too: the
 numerics of bf16 autocast are the same on CPU and GPU (same rounding of matmul inputs to bf16,
-fp32 accumulation), only the kernels differ. Measured per model on held-out test scenes:
+fp32 accumulation), only the kernels differ. ``--device`` (default cuda when there is one) is
+where both run, recorded in the JSON. Measured per model on held-out test scenes:
 
 * clean: the chosen mask's logits (point and box prompt per object) with the encoder in bf16
   vs fp32: mean / max absolute difference, and the IoU of the two binary masks;
@@ -28,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 from samdemo.attacks import CrossPromptAttack  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.factory import load_engine  # noqa: E402
@@ -56,8 +58,8 @@ def logits(engine, image, prompts):
         return engine.decode(engine.embed(image_to_tensor(image)), prompts).logits
 
 
-def measure(name: str, n_scenes: int, steps: int) -> dict:
-    engine = load_engine(name, device="cpu")
+def measure(name: str, n_scenes: int, steps: int, device: str) -> dict:
+    engine = load_engine(name, device=device)
     engine.model.requires_grad_(False)
     scenes = test_scenes(n_scenes, size=engine.image_size)
     diffs, maxdiffs, agree, adv_iou = [], [], [], {"fp32": [], "bf16": []}
@@ -92,13 +94,14 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bf16_fidelity.json")
-    args = parser.parse_args(argv)
-    result = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
+    result = {"device": args.device, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "scenes": args.scenes, "attack_steps": args.steps, "eps": "8/255",
               "note": "bf16 autocast on the image encoder, switched on for CPU (same numerics as on GPU)",
               "models": {}}
     for name in args.models:
-        result["models"][name] = measure(name, args.scenes, args.steps)
+        result["models"][name] = measure(name, args.scenes, args.steps, args.device)
         print(name, result["models"][name], flush=True)
     print(f"-> {write_json(args.out, result)}")
     return 0

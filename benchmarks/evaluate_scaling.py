@@ -1,6 +1,6 @@
 """Wall time of ``python -m samdemo evaluate`` in 1 process against ``torchrun --nproc-per-node 2`` on CPU.
 
-    python benchmarks/evaluate_scaling.py --images 8 --out benchmarks/results/evaluate_scaling.json
+    python benchmarks/evaluate_scaling.py --images 8 --device cpu --out benchmarks/results/evaluate_scaling.json
 
 Runs the same small evaluation (procedural scenes, the embedded model) once per setting in a fresh output
 folder: one process with torch's default threads (all cores), one process with one thread, and two gloo
@@ -9,6 +9,8 @@ wait on each other (torch's default, spinning) and one thread is faster: the fai
 whole command (start, model loading, merging, plots) and the evaluation loop (the slowest process's sum of
 per-image seconds), and checks that the merged records equal the single processes'. On a machine whose cores
 are shared with other jobs the numbers are indicative only: the JSON records the load average around each run.
+``--device`` is passed on to evaluate (default cuda when there is one; under torchrun, ``cuda`` gives each process
+its local rank's GPU, so the 2-process setting needs 2 GPUs).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 
 
 def evaluate_argv(args, out: Path) -> list[str]:
     return ["evaluate", "--model", args.model, "--data", "scenes", "--limit", str(args.images), "--attacks",
             args.attacks, "--prompts", args.prompts, "--steps", str(args.steps), "--max-instances",
-            str(args.max_instances), "--device", "cpu", "--out", str(out)]
+            str(args.max_instances), "--device", args.device, "--out", str(out)]
 
 
 def run_setting(args, processes: int, threads: int | None, out: Path) -> dict:
@@ -81,7 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-instances", type=int, default=2)
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. what else ran on the machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "evaluate_scaling.json")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
 
     settings = [(1, None), (1, 1), (2, 1)]
     runs = []
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "evaluate_scaling", "command": " ".join(["python", *sys.argv]),
               "machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
               "settings": {k: getattr(args, k) for k in ("model", "images", "steps", "attacks", "prompts",
-                                                          "max_instances")},
+                                                          "max_instances", "device")},
               "note": args.note, "target": "2 processes: wall time at most 0.6x of 1 process for 8 scenes (issue 17)",
               "runs": runs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(args.out, result)

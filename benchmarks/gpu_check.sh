@@ -44,8 +44,8 @@ elapsed() { echo $(( $(date +%s) - START )); }
   --attack-steps "$ATTACK_STEPS" --eval-images "$EVAL_IMAGES" --timeout "$STAGE_TIMEOUT" --out "$OUT/evaluate.json" \
   || echo "evaluate stage: errors recorded"
 for model in $APP_MODELS; do
-  "$PYTHON" benchmarks/app_latency.py --model "$model" --clicks "$APP_CLICKS" --fresh 1 --attacks "$APP_ATTACKS" \
-    --out "$OUT/app_latency_$model.json" || echo "app latency $model: failed"
+  "$PYTHON" benchmarks/app_latency.py --device "$DEVICE" --model "$model" --clicks "$APP_CLICKS" --fresh 1 \
+    --attacks "$APP_ATTACKS" --out "$OUT/app_latency_$model.json" || echo "app latency $model: failed"
 done
 LEFT=$(( BUDGET_S - $(elapsed) ))
 if [ "$TRAIN_BASE_MINUTES" != 0 ] && [ "$LEFT" -gt $(( TRAIN_BASE_MINUTES * 2 * 60 + 60 )) ]; then

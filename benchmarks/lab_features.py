@@ -1,4 +1,4 @@
-"""What the lab features cost on CPU with the embedded models (issue 18).
+"""What the lab features cost with the embedded models (issue 18).
 
 * robustness curve: mIoU of the original and the robust (shipped adapter) model at
   eps 0, 1, 2, 4, 8, 16 /255, crafted on each (transfer and adaptive), the mask attack with
@@ -8,9 +8,10 @@
   attack, then both models on the clean and the adversarial image);
 * perturbation norms (L-inf, L2, PSNR) of one 256 x 256 image.
 
-    OMP_NUM_THREADS=2 python benchmarks/lab_features.py     # -> benchmarks/results/lab_features.json
+    OMP_NUM_THREADS=2 python benchmarks/lab_features.py --device cpu   # -> benchmarks/results/lab_features.json
 
-Times are wall seconds on a CPU shared with other jobs (the JSON records the load average).
+``--device``: where the models run (default cuda when there is one). Times are wall seconds, on a
+CPU possibly shared with other jobs (the JSON records the load average).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import clock, parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 from samdemo.build import CHECKPOINT_DIR  # noqa: E402
 from samdemo.factory import load_engine, robust_copy  # noqa: E402
 from samdemo.metrics import perturbation_norms  # noqa: E402
@@ -39,27 +40,27 @@ from samdemo.robustness_curve import robustness_curve  # noqa: E402
 from samdemo.segment_everything import everything_under_attack, segment_everything  # noqa: E402
 
 
-def timed(fn):
-    start = time.perf_counter()
+def timed(fn, device: str):
+    start = clock(device)
     value = fn()
-    return value, round(time.perf_counter() - start, 2)
+    return value, round(clock(device) - start, 2)
 
 
-def measure(model: str, image: np.ndarray, steps: int) -> dict:
-    original = load_engine(model, frozen=True)
+def measure(model: str, image: np.ndarray, steps: int, device: str) -> dict:
+    original = load_engine(model, device=device, frozen=True)
     robust, _ = robust_copy(original, CHECKPOINT_DIR / f"{model}-adapter")
     prompts = [Prompt(points=np.array([[128.0, 128.0]], np.float32), labels=np.array([1]))]
     original.predict(image, prompts)  # warm up, cache the clean embedding
     curve, curve_s = timed(lambda: robustness_curve(original, image, prompts, AttackRequest(attack="mask", steps=steps),
-                                                    robust=robust))
+                                                    robust=robust), device)
     original.cache.clear()
-    masks, everything_uncached_s = timed(lambda: segment_everything(original, image))
-    _, everything_cached_s = timed(lambda: segment_everything(original, image))
+    masks, everything_uncached_s = timed(lambda: segment_everything(original, image), device)
+    _, everything_cached_s = timed(lambda: segment_everything(original, image), device)
     under_attack = everything_under_attack(AttackRequest(attack="cross-prompt", eps255=8, steps=steps),
                                            {"original": original, "robust": robust}, image)
     attack_s, compare_s = (round(under_attack.timings[key], 2) for key in ("attack", "segment"))
     comparisons = under_attack.comparisons
-    _, norms_s = timed(lambda: [perturbation_norms(image, under_attack.adversarial) for _ in range(100)])
+    _, norms_s = timed(lambda: [perturbation_norms(image, under_attack.adversarial) for _ in range(100)], device)
     return {
         "robustness_curve": {"seconds": curve_s, "attacks": 10, "steps": steps,
                              "miou": {f"{a}->{e}": [round(v, 3) for v in values] for (a, e), values in curve.miou.items()},
@@ -73,19 +74,21 @@ def measure(model: str, image: np.ndarray, steps: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["sam-small", "sam2-small"])
     parser.add_argument("--image", type=Path, default=ROOT / "assets" / "scene-0.png")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "lab_features.json")
-    args = parser.parse_args()
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
     torch.set_num_threads(args.threads)
     image = cv2.cvtColor(cv2.imread(str(args.image)), cv2.COLOR_BGR2RGB)
-    result = {"image": args.image.name, "image_hw": list(image.shape[:2]), "threads": args.threads,
-              "cpu": platform.processor() or platform.machine(), "load_average_before": list(os.getloadavg()),
-              "models": {model: measure(model, image, args.steps) for model in args.models}}
+    result = {"device": args.device, "image": args.image.name, "image_hw": list(image.shape[:2]),
+              "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+              "load_average_before": list(os.getloadavg()),
+              "models": {model: measure(model, image, args.steps, args.device) for model in args.models}}
     result["load_average_after"] = list(os.getloadavg())
     print(write_json(args.out, result).read_text())
 

@@ -1,6 +1,6 @@
-"""Quality, image dependence and CPU speed of the embedded models.
+"""Quality, image dependence and speed of the embedded models.
 
-    python benchmarks/model_quality.py --scenes 500 --out benchmarks/results/model_quality.json
+    python benchmarks/model_quality.py --scenes 500 --device cpu --out benchmarks/results/model_quality.json
 
 For each model, mIoU against ground truth per prompt type (center-most point with SAM's pick,
 best of its three masks, tight box, the mask itself):
@@ -16,7 +16,8 @@ best of its three masks, tight box, the mask itself):
 * ``photos``: box and point IoU on the bundled photos against their reference masks
   (``assets/make_reference_masks.py``);
 
-and the median time of an image embedding and of prompt -> mask at ``--threads`` CPU threads.
+and the median time of an image embedding and of prompt -> mask on ``--device`` (default cuda when
+there is one), at ``--threads`` CPU threads.
 With ``--figure`` also draws test predictions per prompt type. ``--update`` measures only ``--models``
 and keeps the other models' entries of an existing ``--out`` taken with the same settings (after
 retraining one model).
@@ -29,7 +30,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._common import clock, parse_args  # noqa: E402
+from samdemo import distributed  # noqa: E402
 from samdemo.build import CHECKPOINT_DIR, get_spec  # noqa: E402
 from samdemo.engine import SegmentEngine, image_to_tensor  # noqa: E402
 from samdemo.factory import load_engine  # noqa: E402
@@ -48,13 +50,13 @@ from samdemo.shapes_eval import independent_scenes  # noqa: E402
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, device: torch.device) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock(device)
         fn()
-        times.append((time.perf_counter() - start) * 1000)
+        times.append((clock(device) - start) * 1000)
     return round(statistics.median(times), 2)
 
 
@@ -63,8 +65,8 @@ def timings(engine: SegmentEngine, scene, repeats: int) -> dict:
     image = image_to_tensor(scene.image)
     features = engine.embed(image)
     prompt = [prompts_from_mask(scene.masks[0])["point"]]
-    return {"embed_ms": median_ms(lambda: engine.embed(image), repeats),
-            "prompt_to_mask_ms": median_ms(lambda: engine.decode(features, prompt), repeats)}
+    return {"embed_ms": median_ms(lambda: engine.embed(image), repeats, engine.device),
+            "prompt_to_mask_ms": median_ms(lambda: engine.decode(features, prompt), repeats, engine.device)}
 
 
 def overlay_figure(engines: dict[str, SegmentEngine], scenes, path: Path) -> None:
@@ -84,7 +86,7 @@ def overlay_figure(engines: dict[str, SegmentEngine], scenes, path: Path) -> Non
             axes[row, 0].contour(gt, levels=[0.5], colors="lime", linewidths=1)
             axes[row, 0].set_title(f"{name}: ground truth", fontsize=9)
             for col, kind in enumerate(kinds, start=1):
-                mask = engine.predict(scene.image, [prompts[kind]]).masks[0].numpy()
+                mask = engine.predict(scene.image, [prompts[kind]]).masks[0].cpu().numpy()
                 iou = (mask & gt).sum() / max((mask | gt).sum(), 1)
                 ax = axes[row, col]
                 ax.imshow(scene.image)
@@ -123,7 +125,8 @@ def main(argv=None) -> int:
                         help="keep the entries of models not measured now from an existing --out of the same settings")
     parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
                         help="measure these weights (safetensors) for MODEL instead of its shipped ones; repeatable")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
     try:
         other_weights = dict(item.split("=", 1) for item in args.weights)
     except ValueError:
@@ -133,7 +136,7 @@ def main(argv=None) -> int:
             parser.error(f"--weights: no file {path}")
     torch.set_num_threads(args.threads)
     results = {"command": " ".join(["python", "benchmarks/model_quality.py"] + (argv or sys.argv[1:])),
-               "scenes": args.scenes, "split": args.split, "shapes": args.shapes, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+               "scenes": args.scenes, "split": args.split, "shapes": args.shapes, "threads": args.threads, "device": args.device, "machine": platform.processor() or platform.machine(),
                "torch": torch.__version__, "models": {}}
     engines = {}
     if args.update and args.out.exists():
@@ -145,13 +148,13 @@ def main(argv=None) -> int:
         results["models"] = {name: entry for name, entry in previous["models"].items() if name not in measured}
         for entry in results["models"].values():
             entry.setdefault("command", previous["command"])
-        engines = {name: load_engine(name, device="cpu") for name in results["models"]}  # for the figure
+        engines = {name: load_engine(name, device=args.device) for name in results["models"]}  # for the figure
     for name in args.models.split(","):
         weights = Path(other_weights.get(name) or CHECKPOINT_DIR / get_spec(name).local_file)
-        engine = load_engine(name, weights=weights if name in other_weights else None, device="cpu")
+        engine = load_engine(name, weights=weights if name in other_weights else None, device=args.device)
         engines[name] = engine
         scenes = SPLITS[args.split](args.scenes, size=engine.image_size)
-        start = time.time()
+        start = clock(args.device)
         variants = image_dependence(engine, scenes)
         independent = image_dependence(engine, independent_scenes(args.shapes, size=engine.image_size),
                                        variants=("image", "grey"))
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
             "independent": {variant: rounded(quality) for variant, quality in independent.items()}
             | {"instances": independent["image"]["instances"]},
             "photos": photo_quality(engine, ASSETS),
-            "eval_seconds": round(time.time() - start, 1),
+            "eval_seconds": round(clock(args.device) - start, 1),
             "parameters": sum(p.numel() for p in engine.model.parameters()),
             "weights": str(weights.relative_to(CHECKPOINT_DIR.parent) if weights.is_relative_to(CHECKPOINT_DIR.parent)
                            else weights),

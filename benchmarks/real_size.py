@@ -8,12 +8,14 @@ it on the embedded 256-px models (``tests/test_gpu_check.py``).
     python benchmarks/real_size.py --device cuda --bf16 --models sam-vit-h --stages attack   # on a GPU
 
 Each (model, stage) runs in its own subprocess so that its peak memory is its own: CUDA
-``max_memory_allocated`` on a GPU, the process's peak resident set (ru_maxrss) on a CPU.
+``max_memory_allocated`` on a GPU, the process's peak resident set (ru_maxrss) on a CPU. On a GPU
+every time is read after ``torch.cuda.synchronize``. ``--device``: default cuda when there is one.
 
 * attack: the cross-prompt attack (32 prompts per step) for ``--attack-steps`` steps; the median
   step time excludes the first step (warm-up) when there are several.
 * train: ``python -m samdemo train-adapter --arch <the model's YAML>`` (random weights), the default
-  SVD neck targets (512 values for SAM ViT-B), 1 step of batch ``--train-batch``.
+  SVD neck targets (512 values for SAM ViT-B), 1 step of batch ``--train-batch``; the time includes
+  building the model.
 * evaluate: ``python -m samdemo evaluate`` on 1 procedural scene at the model's size, the random
   weights stood in for the registry's (written to a temporary file first).
 * app: the app's attack handler (``run_attack``: 4 panels, the table, the perturbation) on one
@@ -23,6 +25,8 @@ Each (model, stage) runs in its own subprocess so that its peak memory is its ow
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -31,12 +35,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 STAGES = ("attack", "train", "evaluate", "app")
+
+from benchmarks._common import clock, parse_args, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 
 
 def _peak(device: str) -> float:
@@ -88,40 +94,37 @@ def stage_attack(args) -> dict:
                            autocast_dtype=torch.bfloat16 if args.bf16 else None)
     x = torch.rand(1, 3, engine.image_size, engine.image_size)
     stamps = []
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-
-    def progress(t, total):
-        sync()
-        stamps.append(time.perf_counter())
-
-    attack = CrossPromptAttack(engine, steps=args.attack_steps, seed=0, prompts_per_step=32, progress=progress)
-    start = time.perf_counter()
+    attack = CrossPromptAttack(engine, steps=args.attack_steps, seed=0, prompts_per_step=32,
+                               progress=lambda t, total: stamps.append(clock(args.device)))
+    start = clock(args.device)
     attack(x)
-    total = time.perf_counter() - start
+    total = clock(args.device) - start
     steps = [b - a for a, b in zip([start] + stamps, stamps)]
     return {"image_size": engine.image_size, "steps": args.attack_steps, "attack_s": total,
             "step_s_median": statistics.median(steps[1:] or steps), "step_s": steps}
 
 
 def stage_train(args) -> dict:
+    from samdemo.__main__ import main as cli
     from samdemo.build import get_spec
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "samdemo", "train-adapter", "--arch", str(get_spec(args.model).config),
-               "--out", f"{tmp}/adapter", "--run-dir", f"{tmp}/run", "--steps", "1", "--batch", str(args.train_batch),
-               "--instances", "1", "--attack-steps", str(args.attack_steps), "--warmup", "0", "--eval-every", "0"]
-        cmd += ["--image-size", str(args.image_size)] if args.image_size else []
-        start = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        seconds = time.perf_counter() - start
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr[-2000:])
+        # in this process (itself one stage's), so that its peak memory is the training's
+        argv = ["train-adapter", "--arch", str(get_spec(args.model).config), "--out", f"{tmp}/adapter", "--run-dir",
+                f"{tmp}/run", "--steps", "1", "--batch", str(args.train_batch), "--instances", "1", "--attack-steps",
+                str(args.attack_steps), "--warmup", "0", "--eval-every", "0", "--device", args.device]
+        argv += ["--image-size", str(args.image_size)] if args.image_size else []
+        start = clock(args.device)
+        with contextlib.redirect_stdout(io.StringIO()) as out:  # stdout's last line is this stage's JSON
+            code = cli(argv)
+        seconds = clock(args.device) - start
+        if code != 0:
+            raise RuntimeError(f"train-adapter exited with {code}")
         adapter = Path(tmp) / "adapter"
         meta = json.loads((adapter / "adapter.json").read_text()) if (adapter / "adapter.json").exists() else {}
-    return {"command": " ".join(cmd[1:]), "seconds_incl_start": seconds,
-            "peak_child_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+    return {"argv": " ".join(argv), "seconds": seconds,
             "trained_values": meta.get("trainable_values") or meta.get("num_values") or meta.get("values"),
-            "stdout_tail": out.stdout[-600:]}
+            "stdout_tail": out.getvalue()[-600:]}
 
 
 def stage_evaluate(args) -> dict:
@@ -132,10 +135,10 @@ def stage_evaluate(args) -> dict:
         n = args.eval_images
         argv = ["evaluate", "--model", args.model, "--data", f"scenes:{n}", "--limit", str(n), "--steps",
                 str(args.attack_steps), "--attacks", "cross-prompt", "--prompts", "point", "--max-instances", "2",
-                "--out", f"{tmp}/eval"]
-        start = time.perf_counter()
+                "--device", args.device, "--out", f"{tmp}/eval"]
+        start = clock(args.device)
         code = cli(argv)
-        seconds = time.perf_counter() - start
+        seconds = clock(args.device) - start
         if code != 0:
             raise RuntimeError(f"evaluate exited with {code}")
     return {"argv": " ".join(argv), "seconds": seconds, "images": n, "images_per_s": n / seconds,
@@ -165,9 +168,9 @@ def stage_app(args) -> dict:
     prompts = PromptState(points=((256.0, 256.0, 1),))
     job = AttackJob(model=args.model, adapter=AdapterChoice.parse(None),  # no adapter: the robust panels stay empty
                     request=AttackRequest(attack="cross-prompt", steps=args.attack_steps))
-    start = time.perf_counter()
+    start = clock(args.device)
     outcome = run_attack(manager, job, image, prompts, time_limit=1e9)
-    return {"seconds": time.perf_counter() - start, "timings": outcome.timings, "image": list(image.shape[:2])}
+    return {"seconds": clock(args.device) - start, "timings": outcome.timings, "image": list(image.shape[:2])}
 
 
 def run_one(args) -> dict:
@@ -184,7 +187,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["sam-vit-b", "sam2.1-hiera-tiny"])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--device", default="")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--attack-steps", type=int, default=2)
@@ -196,10 +198,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_size.json")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
     import torch
 
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.stage:  # child: one (model, stage), JSON on the last line of stdout
         print(json.dumps(run_one(args)))
         return 0
@@ -224,8 +226,6 @@ def main(argv=None) -> int:
                 row = {"error": f"timed out after {args.timeout:g} s"}
             result["models"][model][stage] = row
             print(model, stage, json.dumps({k: v for k, v in row.items() if k != "stdout_tail"})[:400], flush=True)
-            from benchmarks._common import write_json
-
             write_json(args.out, result)  # partial results survive a stop
     print(f"-> {args.out}")
     return 0 if all("error" not in r for m in result["models"].values() for r in m.values()) else 1

@@ -10,8 +10,9 @@ size, the PNG lies within ε of its pixels, the painted pixel count is its own, 
 (on the canvas and the original-clean panel) sit on its disc, not on another session's. After each
 round the server's resident memory (RSS) is recorded, with the latency of every call.
 
-The server is the real app (``python app.py``, the embedded sam-small and its shipped adapter)
-in a subprocess on 127.0.0.1; nothing else is contacted.
+The server is the real app (``python app.py --device DEVICE``, the embedded sam-small and its
+shipped adapter) in a subprocess on 127.0.0.1; nothing else is contacted. ``--device`` is the app's
+(default cuda when there is one); the RSS is the server's host memory, whatever the device.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/soak.py --paints 8 --attack-every 4 --rounds 200 \
         --max-seconds 1080 --cache-mb 32 --figure docs/images/soak_memory.png \
@@ -67,7 +68,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import free_port, stop, write_json  # noqa: E402
+from benchmarks._common import free_port, parse_args, stop, write_json  # noqa: E402
+from samdemo import distributed  # noqa: E402
 
 SLOTS = [(40 + 58 * (k % 4), 56 + 112 * (k // 4)) for k in range(8)]  # disc centres (x, y), far apart
 COLOURS = [(230, 50, 50), (50, 200, 50), (220, 60, 220), (235, 235, 235)]  # red, green, magenta, white
@@ -259,13 +261,13 @@ def rss_slope(values: list[float]) -> float | None:
     return round(float(np.polyfit(np.arange(len(values)), values, 1)[0]), 3)
 
 
-def start_app(port: int, log_path: Path, cache_mb: float | None = None) -> subprocess.Popen:
+def start_app(port: int, log_path: Path, device: str, cache_mb: float | None = None) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), GRADIO_ANALYTICS_ENABLED="False")
     if cache_mb:
         env["SAMDEMO_EMBEDDING_CACHE_MB"] = str(cache_mb)
     log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
+                                "--device", device], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
         try:
@@ -323,11 +325,12 @@ def main(argv=None) -> int:
     parser.add_argument("--figure", type=Path, default=None,
                         help="also draw the RSS against the requests served (PNG), with the --compare runs")
     parser.add_argument("--compare", type=Path, nargs="*", default=[], help="earlier soak JSONs to draw too")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
 
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="samdemo-soak-"))
-    process = start_app(port, folder / "app.log", args.cache_mb)
+    process = start_app(port, folder / "app.log", args.device, args.cache_mb)
     url = f"http://127.0.0.1:{port}/"
     rounds, clients, start, load_before = [], {}, time.perf_counter(), os.getloadavg()
     try:
@@ -353,6 +356,7 @@ def main(argv=None) -> int:
         "attack": f"mask, PGD, eps {EPS}/255, {STEPS} steps, every {args.attack_every} round(s)",
         "paints": "alternately a mask prompt and a ground truth, an RGBA layer PNG at the editor's display size",
         "model": "sam-small (embedded) + shipped adapter", "server": "python app.py, subprocess on 127.0.0.1",
+        "device": args.device,
         "seconds": round(time.perf_counter() - start, 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,

@@ -1,9 +1,10 @@
 """Training throughput of train-base: images per second of one optimisation step.
 
-    python benchmarks/training_speed.py --out benchmarks/results/training_speed.json
+    python benchmarks/training_speed.py --device cpu --out benchmarks/results/training_speed.json
 
 Times ``train_base.training_step_loss`` + backward + AdamW step on batches of training scenes for
-each family and setting (threads, instances per image), after a warm-up step, and the scene
+each family and setting (threads, instances per image) on ``--device`` (default cuda when there is
+one; the scenes are generated on the CPU outside the timed region), after a warm-up step, and the scene
 generator alone (scenes per second in one process). ``--code DIR`` times the training step of
 another checkout of samdemo (e.g. an older commit, ``git worktree add /tmp/old <commit>``) in the
 same run, so that before/after are compared under the same machine load.
@@ -23,8 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# this folder's _common, not benchmarks._common: in_process puts another checkout first on sys.path
+from _common import clock, parse_args  # noqa: E402
 
-def time_steps(family: str, threads: int, instances: int, batch: int, steps: int) -> dict:
+
+def time_steps(family: str, threads: int, instances: int, batch: int, steps: int, device: str) -> dict:
     """Seconds per step of the samdemo importable from sys.path (run in a fresh process)."""
     import numpy as np
     import torch
@@ -38,7 +42,7 @@ def time_steps(family: str, threads: int, instances: int, batch: int, steps: int
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, family = build_architecture(CONFIG_DIR / f"{family}_small.yaml")
-    engine = SegmentEngine(model, family)
+    engine = SegmentEngine(model.to(device), family)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     takes_scenes = "scenes" in inspect.signature(train_base.training_step_loss).parameters
@@ -46,7 +50,7 @@ def time_steps(family: str, threads: int, instances: int, batch: int, steps: int
     for step in range(steps + 1):
         scenes = [train_scene(step * batch + i) for i in range(batch)]
         rng = np.random.default_rng(step)
-        start = time.perf_counter()
+        start = clock(device)
         if takes_scenes:  # the step's interface before the low-resolution loss and worker processes
             loss = train_base.training_step_loss(engine, scenes, instances, rng)
         else:
@@ -56,13 +60,12 @@ def time_steps(family: str, threads: int, instances: int, batch: int, steps: int
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        seconds.append(time.perf_counter() - start)
+        seconds.append(clock(device) - start)
     per_step = float(np.median(seconds[1:]))
     return {"seconds_per_step": round(per_step, 3), "images_per_second": round(batch / per_step, 2)}
 
 
 def scene_rate(count: int = 40) -> float:
-    sys.path.insert(0, str(ROOT))
     from samdemo.scenes import train_scene
 
     train_scene(0)
@@ -82,6 +85,9 @@ def in_process(code: Path, **setting) -> dict:
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT))  # this checkout's samdemo here (in_process gives each timing its own)
+    from samdemo import distributed
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="sam,sam2")
     parser.add_argument("--settings", default="1x3,1x2,2x2", help="THREADSxINSTANCES, comma separated")
@@ -90,17 +96,18 @@ def main(argv=None) -> int:
     parser.add_argument("--code", type=Path, action="append", default=[],
                         help="LABEL=DIR: also time another checkout's training step (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/training_speed.json")
-    args = parser.parse_args(argv)
+    distributed.add_device_argument(parser)
+    args = parse_args(parser, argv)
     checkouts = {"current": ROOT} | dict(str(c).split("=", 1) for c in args.code)
     result = {"command": " ".join(["python", "benchmarks/training_speed.py"] + (argv or sys.argv[1:])),
-              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "device": args.device, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "batch": args.batch, "steps_timed": args.steps, "scenes_per_second": scene_rate(), "runs": []}
     for family in args.families.split(","):
         for setting in args.settings.split(","):
             threads, instances = (int(v) for v in setting.split("x"))
             for label, code in checkouts.items():  # interleaved, so all see the same machine load
                 timing = in_process(Path(code), family=family, threads=threads, instances=instances,
-                                    batch=args.batch, steps=args.steps)
+                                    batch=args.batch, steps=args.steps, device=args.device)
                 row = {"code": label, "family": family, "threads": threads, "instances": instances, **timing}
                 result["runs"].append(row)
                 print(json.dumps(row), flush=True)

@@ -87,6 +87,6 @@ def photo_quality(engine: SegmentEngine, assets: Path) -> dict[str, dict[str, fl
         reference = np.asarray(Image.open(assets / entry["mask"])) > 0
         prompts = prompts_from_mask(reference)
         prediction = engine.predict(image, [prompts["box"], prompts["point"]])
-        ious = batch_iou(prediction.masks, torch.as_tensor(np.stack([reference] * 2)))
+        ious = batch_iou(prediction.masks, torch.as_tensor(np.stack([reference] * 2), device=engine.device))
         results[name] = {"box": round(float(ious[0]), 4), "point": round(float(ious[1]), 4)}
     return results
