@@ -130,3 +130,36 @@ def robustness_curve_plot(curve, title: str | None = None) -> Figure:
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(title or f"{curve.attack} attack, {curve.steps} steps", fontsize=10)
     return figure
+
+
+def eps_sweep_plot(curves: list[dict], labels: Mapping[str, str] | None = None, title: str | None = None,
+                   prompts: list[str] | None = None) -> Figure:
+    """Worst-case mIoU against epsilon (rows of :func:`samdemo.protocol.worst_case_sweep`), one panel per
+    evaluation prompt type (``prompts``, in that order; default: all), one line per defense with its
+    95 % bootstrap band; epsilon 0 is the clean mIoU. ``labels``: defense -> legend text."""
+    prompts = prompts or list(dict.fromkeys(r["evaluated_with"] for r in curves))
+    defenses = list(dict.fromkeys(r["defense"] for r in curves))
+    eps = sorted({r["eps255"] for r in curves})
+    figure = Figure(figsize=(3.4 * len(prompts), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(prompts), sharey=True, squeeze=False)[0]
+    colours = ["0.35", "tab:red", "tab:blue", "tab:green", "tab:purple"]
+    for ax, prompt in zip(axes, prompts):
+        for colour, defense in zip(colours, defenses):
+            rows = sorted((r for r in curves if r["defense"] == defense and r["evaluated_with"] == prompt),
+                          key=lambda r: r["eps255"])
+            x = [r["eps255"] for r in rows]
+            ax.plot(x, [r["miou_gt"] for r in rows], "-o", color=colour, ms=4, lw=1.6,
+                    label=(labels or {}).get(defense, defense))
+            ax.fill_between(x, [r["miou_gt_ci"][0] for r in rows], [r["miou_gt_ci"][1] for r in rows],
+                            color=colour, alpha=0.15, lw=0)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xticks(eps, ["clean" if e == 0 else f"{e:g}" for e in eps])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("ε (/255, L∞)")
+        ax.set_title(prompt, fontsize=10)
+        ax.grid(alpha=0.3, lw=0.4)
+    axes[0].set_ylabel("worst-case mIoU vs ground truth")
+    axes[0].legend(fontsize=8, loc="upper right")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure

@@ -77,3 +77,46 @@ def worst_case_gains(entries: list[dict], reference: str, seed: int) -> list[dic
                       "evaluated_with": evaluated_with, "gain": round(gain, 6),
                       "gain_ci": [round(low, 6), round(high, 6)], "images": len(values)})
     return gains
+
+
+def worst_case_sweep(entries_by_eps: dict[float, list[dict]], defenses: list[str], reference: str,
+                     seed: int) -> list[dict]:
+    """Robustness curves of the protocol over the attack budget: for every epsilon (1/255 units) and
+    defense in ``defenses``, per evaluation type, the worst-case mIoU with its bootstrap interval over
+    images, and its paired gain over ``reference`` on the same objects (rows by epsilon, then in the
+    order of ``defenses``). Epsilon 0 is the clean mIoU
+    (no attack). ``entries_by_eps``: evaluate's per-image log entries of one run per epsilon, all on
+    the same images and objects (a ValueError otherwise)."""
+    runs = {eps: [e for e in entries if e["instances"]] for eps, entries in sorted(entries_by_eps.items())}
+    names = {eps: [e["name"] for e in entries] for eps, entries in runs.items()}
+    first = next(iter(names.values()), [])
+    if any(n != first for n in names.values()):
+        raise ValueError("Every epsilon of a sweep needs the same images; got " +
+                         ", ".join(f"{eps:g}: {len(n)} images" for eps, n in names.items()))
+    values: dict[tuple[float, str, str], list[list[float]]] = {}
+    for entry in next(iter(runs.values()), []):  # the clean point: the same in every run
+        for defense in defenses:
+            for evaluated_with, iou in entry["clean"][defense].items():
+                values.setdefault((0.0, defense, evaluated_with), []).append(iou)
+    for eps, entries in runs.items():
+        for entry in entries:
+            for row in worst_case_rows(entry):
+                if row["defense"] in defenses:
+                    values.setdefault((eps, row["defense"], row["evaluated_with"]), []).append(row["iou_gt"])
+    curves = []
+    for (eps, defense, evaluated_with), per_image in sorted(values.items(),
+                                                            key=lambda kv: (kv[0][0], defenses.index(kv[0][1]))):
+        if (eps, reference, evaluated_with) not in values:
+            raise ValueError(f"The sweep's run at eps {eps:g} has no {evaluated_with} rows of {reference}.")
+        if any(len(v) != len(w) for v, w in zip(per_image, values[(eps, reference, evaluated_with)])):
+            raise ValueError(f"Every epsilon of a sweep needs the same objects (eps {eps:g}, {defense}).")
+        miou, low, high = pooled_bootstrap(np.array([np.sum(v) for v in per_image]),
+                                           np.array([len(v) for v in per_image]), seed)
+        row = {"eps255": eps, "defense": defense, "evaluated_with": evaluated_with, "miou_gt": round(miou, 6),
+               "miou_gt_ci": [round(low, 6), round(high, 6)], "images": len(per_image),
+               "objects": int(sum(len(v) for v in per_image))}
+        if defense != reference:
+            gain, g_low, g_high = paired_gain_ci(per_image, values[(eps, reference, evaluated_with)], seed)
+            row |= {"reference": reference, "gain": round(gain, 6), "gain_ci": [round(g_low, 6), round(g_high, 6)]}
+        curves.append(row)
+    return curves

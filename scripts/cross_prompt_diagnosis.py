@@ -51,6 +51,9 @@ VARIANTS = {
     "key-channel, all channels, high-res maps x4": ("key-channel", {"k": 10_000, "high_res_weight": 4.0}),
     "key-channel, all channels, APGD": ("key-channel", {"k": 10_000, "generator": "apgd"}),
     "point attack with the evaluation's own prompts (prompt-specific reference)": ("mask", {"craft_with": "point"}),
+    "cross-prompt, mask term flips the clean masks": ("cross-prompt", {"mask_target": "flip"}),
+    "cross-prompt, mask term flips the clean masks, APGD": ("cross-prompt", {"mask_target": "flip", "generator": "apgd"}),
+    "cross-prompt, APGD": ("cross-prompt", {"generator": "apgd"}),
 }
 
 

@@ -49,29 +49,37 @@ def defense_folders(model: str) -> list[Path]:
             if (ROOT / "checkpoints" / f"{model}-{s}" / "adapter_config.json").exists()]
 
 
-def evaluate_command(model: str, args, out: Path) -> list[str]:
+def evaluate_command(model: str, args, out: Path, eps: float = 8.0,
+                     suffixes: tuple[str, ...] = DEFENSE_SUFFIXES) -> list[str]:
+    """The ``evaluate`` command of the protocol for ``model`` at ``eps`` (1/255), with the shipped defenses
+    whose folder suffix is in ``suffixes``; torchrun when ``args.processes`` > 1."""
     launcher = [sys.executable] if args.processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.processes)]
     command = launcher + ["-m", "samdemo", "evaluate", "--model", model, "--data", "scenes",
-               "--limit", str(args.limit), "--steps", str(args.steps), "--generator", args.generator, "--eps", "8",
-               "--attacks", ATTACKS, "--prompts", ",".join(PROMPTS), "--max-instances", str(args.max_instances),
-               "--seed", "0", "--out", str(out)]
+               "--limit", str(args.limit), "--steps", str(args.steps), "--generator", args.generator,
+               "--eps", f"{eps:g}", "--attacks", ATTACKS, "--prompts", ",".join(PROMPTS),
+               "--max-instances", str(args.max_instances), "--seed", "0", "--out", str(out)]
     for folder in defense_folders(model):
-        command += ["--adapter", str(folder.relative_to(ROOT))]
+        if folder.name.removeprefix(f"{model}-") in suffixes:
+            command += ["--adapter", str(folder.relative_to(ROOT))]
     return command
 
 
-def run_evaluations(args) -> None:
+def run_jobs(jobs: list[tuple[str, list[str]]]) -> None:
+    """Run the (name, command) jobs in parallel, each logging to runs/<name>.log when runs/ exists; exit
+    with one line naming the failed ones (every evaluate run resumes when rerun)."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     processes = []
-    for model in args.models:
-        out = args.out / model
-        log = open(ROOT / "runs" / f"results-{model}.log", "w") if (ROOT / "runs").is_dir() else subprocess.DEVNULL
-        processes.append((model, subprocess.Popen(evaluate_command(model, args, out), cwd=ROOT, env=env,
-                                                  stdout=log, stderr=subprocess.STDOUT)))
-    failed = [model for model, p in processes if p.wait() != 0]
+    for name, command in jobs:
+        log = open(ROOT / "runs" / f"{name}.log", "w") if (ROOT / "runs").is_dir() else subprocess.DEVNULL
+        processes.append((name, subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)))
+    failed = [name for name, p in processes if p.wait() != 0]
     if failed:
-        sys.exit(f"evaluate failed for {', '.join(failed)} (see runs/results-<model>.log); rerun to resume")
+        sys.exit(f"evaluate failed for {', '.join(failed)} (see runs/<name>.log); rerun to resume")
+
+
+def run_evaluations(args) -> None:
+    run_jobs([(f"results-{model}", evaluate_command(model, args, args.out / model)) for model in args.models])
 
 
 def fmt(value: float) -> str:
@@ -218,20 +226,25 @@ def write_results_md(args) -> Path:
     return path
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def protocol_arguments(description: str, models: list[str]) -> argparse.ArgumentParser:
+    """The options shared by the scripts that run the protocol (this one and eps_sweep.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=8, help="test scenes per model (the first N; raising it resumes)")
     parser.add_argument("--steps", type=int, default=100, help="attack steps (the budget chosen on validation)")
     parser.add_argument("--generator", default="apgd")
     parser.add_argument("--max-instances", type=int, default=4, help="largest instances evaluated per scene")
     parser.add_argument("--processes", type=int, default=1,
-                        help="evaluate processes per model (torchrun; the images are shared out, the numbers are "
+                        help="evaluate processes per run (torchrun; the images are shared out, the numbers are "
                              "those of one process)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--models", type=lambda text: text.split(","), default=list(MODELS),
-                        help="evaluate only these (comma-separated); the tables always cover both")
+    parser.add_argument("--models", type=lambda text: text.split(","), default=models,
+                        help="evaluate only these (comma-separated)")
     parser.add_argument("--tables-only", action="store_true", help="only rewrite RESULTS.md from existing outputs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = protocol_arguments(__doc__, list(MODELS)).parse_args(argv)
     args.out = args.out.resolve()
     if not args.tables_only:
         run_evaluations(args)

@@ -11,7 +11,7 @@ import torch
 from samdemo.attacks import (ATTACKS, GENERATORS, AttackCancelled, CrossPromptAttack, MaskAttack, make_attack,
                              mask_loss, quantize_project, validate_eps)
 from samdemo.attacks.base import StepInfo, background_bce
-from samdemo.attacks.cross_prompt import (UniformPromptPool, channel_importance, clean_margin, key_channels,
+from samdemo.attacks.cross_prompt import (UniformPromptPool, channel_importance, clean_margin, flipped_mask_bce, key_channels,
                                           sample_prompt_pool)
 from samdemo.attacks.generators import MIFGSM, segpgd_lambda, segpgd_weights
 from samdemo.attacks.transfer import format_matrix, transfer_matrix
@@ -415,12 +415,25 @@ def test_uniform_prompt_pool_covers_the_image_and_is_seeded():
         p.validate((48, 64))
 
 
-def test_cross_prompt_prompt_source_changes_the_attack(sam):
+@pytest.mark.parametrize("option, value, bad", [("prompt_source", "uniform", "grid"), ("mask_target", "flip", "grow")])
+def test_cross_prompt_variant_changes_the_attack(sam, option, value, bad):
     images = grid_images(size=64)
     common = dict(eps=EPS, steps=2, seed=0, mix=1.0, prompts_per_step=6)
-    segments = CrossPromptAttack(sam, **common)(images).adv_images
-    uniform = CrossPromptAttack(sam, prompt_source="uniform", **common)(images).adv_images
-    assert_in_threat_model(uniform, images, EPS)
-    assert not torch.equal(segments, uniform)
-    with pytest.raises(ValueError, match="prompt_source"):
-        CrossPromptAttack(sam, prompt_source="grid")
+    default = CrossPromptAttack(sam, **common)(images).adv_images
+    variant = CrossPromptAttack(sam, **{option: value}, **common)(images).adv_images
+    assert_in_threat_model(variant, images, EPS)
+    assert not torch.equal(default, variant)
+    with pytest.raises(ValueError, match=option):
+        CrossPromptAttack(sam, **{option: bad})
+
+
+def test_flipped_mask_bce_rewards_the_inverted_clean_mask_with_equal_weights():
+    clean_fg = torch.zeros(2, 16, 16, dtype=torch.bool)
+    clean_fg[:, :2, :2] = True  # a small object: 4 of 256 pixels
+    as_clean = torch.where(clean_fg, 10.0, -10.0)
+    inverted = -as_clean
+    assert flipped_mask_bce(inverted, clean_fg).max() < 1e-3 < 5 < flipped_mask_bce(as_clean, clean_fg).min()
+    # emptying the object alone is half the way, whatever its size: the background does not drown it
+    emptied = torch.full_like(as_clean, -10.0)
+    assert flipped_mask_bce(emptied, clean_fg)[0].item() == pytest.approx(
+        flipped_mask_bce(as_clean, clean_fg)[0].item() / 2, rel=1e-3)

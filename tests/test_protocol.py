@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samdemo.protocol import paired_gain_ci, pooled_bootstrap, worst_case_gains, worst_case_rows
+from samdemo.protocol import paired_gain_ci, pooled_bootstrap, worst_case_gains, worst_case_rows, worst_case_sweep
 
 
 def row(defense, mode, attack, iou_gt, iou_clean=None, evaluated_with="box"):
@@ -58,3 +58,53 @@ def test_worst_case_gains_against_the_original_model():
     (gain,) = worst_case_gains(entries, "none", seed=0)
     assert gain["defense"] == "adapter" and gain["gain"] == pytest.approx(0.2)
     assert gain["gain_ci"] == pytest.approx([0.2, 0.2]) and gain["images"] == 5
+
+
+def sweep_entry(name, clean, none_iou, adapter_iou):
+    return {"name": name, "instances": len(clean),
+            "clean": {"none": {"box": clean}, "adapter": {"box": [c + 0.1 for c in clean]}},
+            "attacked": [row("none", "white-box", "a", none_iou), row("adapter", "adaptive", "a", adapter_iou),
+                         row("adapter", "transfer", "a", [1.0] * len(clean)),
+                         row("other", "adaptive", "a", [0.0] * len(clean))]}
+
+
+def test_worst_case_sweep_has_the_clean_point_and_one_worst_case_per_epsilon():
+    entries = {
+        2.0: [sweep_entry("a", [0.8, 0.6], [0.5, 0.3], [0.6, 0.5]), sweep_entry("b", [0.7], [0.4], [0.6])],
+        8.0: [sweep_entry("a", [0.8, 0.6], [0.1, 0.0], [0.3, 0.2]), sweep_entry("b", [0.7], [0.0], [0.2])],
+    }
+    curves = worst_case_sweep(entries, ["none", "adapter"], "none", seed=0)
+    got = {(r["eps255"], r["defense"]): r for r in curves}
+    assert sorted(got) == [(0.0, "adapter"), (0.0, "none"), (2.0, "adapter"), (2.0, "none"),
+                           (8.0, "adapter"), (8.0, "none")]  # "other" is not asked for
+    assert got[0.0, "none"]["miou_gt"] == pytest.approx(0.7) and got[0.0, "adapter"]["gain"] == pytest.approx(0.1)
+    assert got[2.0, "none"]["miou_gt"] == pytest.approx(0.4)
+    # the adapter's worst case is its adaptive row, not the weaker transfer row
+    assert got[8.0, "adapter"]["miou_gt"] == pytest.approx(0.7 / 3, abs=1e-6)
+    assert got[8.0, "adapter"]["gain"] == pytest.approx(0.6 / 3, abs=1e-6) and "gain" not in got[8.0, "none"]
+    low, high = got[8.0, "adapter"]["gain_ci"]
+    assert low <= got[8.0, "adapter"]["gain"] <= high
+    assert all(r["images"] == 2 and r["objects"] == 3 for r in curves)
+
+
+def test_worst_case_sweep_refuses_runs_on_different_images():
+    entries = {2.0: [sweep_entry("a", [0.8], [0.5], [0.6])], 8.0: [sweep_entry("b", [0.8], [0.1], [0.3])]}
+    with pytest.raises(ValueError, match="same images"):
+        worst_case_sweep(entries, ["none", "adapter"], "none", seed=0)
+
+
+def test_sweep_plot_has_one_panel_per_prompt_and_one_line_per_defense():
+    from samdemo.plots import eps_sweep_plot
+
+    entries = {e: [sweep_entry("a", [0.8, 0.6], [0.5 / e, 0.3 / e], [0.6 / e, 0.5 / e])] for e in (2.0, 8.0)}
+    for entry in entries[2.0] + entries[8.0]:
+        for name in ("none", "adapter"):
+            entry["clean"][name]["point"] = entry["clean"][name]["box"]
+        entry["attacked"] += [dict(r, evaluated_with="point") for r in entry["attacked"]]
+    curves = worst_case_sweep(entries, ["none", "adapter"], "none", seed=0)
+    figure = eps_sweep_plot(curves, {"none": "original model"}, prompts=["point", "box"])
+    assert [ax.get_title() for ax in figure.axes] == ["point", "box"]
+    box = figure.axes[1]
+    assert [line.get_label() for line in box.get_lines()] == ["original model", "adapter"]
+    np.testing.assert_allclose(box.get_lines()[0].get_xdata(), [0, 2, 8])
+    np.testing.assert_allclose(box.get_lines()[0].get_ydata(), [0.7, 0.2, 0.05], atol=1e-6)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from samdemo.attacks.base import (DEFAULT_EPS, DEFAULT_STEPS, Attack, StepInfo, background_bce,
                                   feature_distance)
@@ -223,6 +224,23 @@ def key_channels(importance: dict[str, torch.Tensor], k: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # the attack
 # ---------------------------------------------------------------------------------------------
+MASK_TARGETS = ("background", "flip")
+
+
+def flipped_mask_bce(logits: torch.Tensor, clean_fg: torch.Tensor) -> torch.Tensor:
+    """P x ... mask logits and the clean image's foreground (same shape, bool) -> P values: the BCE
+    against the *inverted* clean mask, foreground and background pixels weighted equally. Minimising it
+    empties the clean mask and grows the mask into the clean background, so a mask that cannot be
+    emptied (a click on a flat, high-contrast region) can still be made to leak; the equal weights keep
+    the large background from drowning the object."""
+    fg = clean_fg.float().flatten(1)
+    bg = 1 - fg
+    logits = logits.flatten(1)
+    to_background = (F.softplus(logits) * fg).sum(1) / fg.sum(1).clamp_min(1)
+    to_foreground = (F.softplus(-logits) * bg).sum(1) / bg.sum(1).clamp_min(1)
+    return 0.5 * (to_background + to_foreground)
+
+
 class CrossPromptAttack(Attack):
     """Prompt-agnostic key-channel feature attack plus a mixed-prompt mask term (on by default).
 
@@ -249,7 +267,7 @@ class CrossPromptAttack(Attack):
                  step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
                  progress=None, cancel=None, restarts: int = 1, *, k: int | None = None, distance: str = "mse", mix: float = 100.0,
                  prompts_per_step: int = 32, mix_types=("point", "box"), grid: int = 4, types=PROMPT_TYPES,
-                 high_res_weight: float = 1.0, prompt_source: str = "segments"):
+                 high_res_weight: float = 1.0, prompt_source: str = "segments", mask_target: str = "background"):
         super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts)
         if distance not in ("mse", "cosine"):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
@@ -266,6 +284,9 @@ class CrossPromptAttack(Attack):
         if prompt_source not in ("segments", "uniform"):
             raise ValueError(f"prompt_source must be 'segments' or 'uniform'; got {prompt_source!r}.")
         self.prompt_source = prompt_source
+        if mask_target not in MASK_TARGETS:
+            raise ValueError(f"mask_target must be one of {MASK_TARGETS}; got {mask_target!r}.")
+        self.mask_target = mask_target
         self.high_res_weight = float(high_res_weight)
 
     def prepare(self, images, prompts, rngs):
@@ -299,8 +320,14 @@ class CrossPromptAttack(Attack):
             if self.mix:
                 pool = state["pools"][i] if self.prompt_source == "segments" else UniformPromptPool(clean.orig_hw)
                 prompts = pool.sample(self.prompts_per_step, rngs[i], self.mix_types)
-                prediction = self.engine.decode(feats, prompts, image_index=i, validate=False)
-                total = total - self.mix * background_bce(prediction.low_res_all, step).mean()  # masks -> background
+                logits = self.engine.decode(feats, prompts, image_index=i, validate=False).low_res_all
+                if self.mask_target == "flip":
+                    with torch.no_grad():
+                        clean_fg = self.engine.decode(clean, prompts, image_index=i, validate=False).low_res_all > 0
+                    term = flipped_mask_bce(logits, clean_fg)
+                else:
+                    term = background_bce(logits, step)
+                total = total - self.mix * term.mean()
             per_image.append(total)
         return torch.stack(per_image)
 

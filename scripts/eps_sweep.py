@@ -1,0 +1,132 @@
+"""Robustness curves over the attack budget: the worst case per object of the evaluation protocol
+(scripts/make_results.py) at eps 2, 4, 8 and 16 /255, original model against the shipped adapter.
+
+    python scripts/eps_sweep.py --processes 2                 # the committed curves (resumable: rerun to finish)
+    python scripts/eps_sweep.py --limit 1 --steps 5 --out /tmp/look    # a quick look (never touches the docs)
+
+Every epsilon runs the same ``evaluate`` command as the headline results (same test scenes, attacks,
+prompts, 100 APGD steps, seed) with only the original model and the adapter, into
+``<out>/eps-sweep/<model>/eps<E>/``; eps 8 is read from the headline run (``<out>/<model>/``) when it is
+there (its controls are left out: the worst case of a defense depends only on the attacks evaluated on
+it). Then ``samdemo.protocol.worst_case_sweep`` gives worst-case mIoU per epsilon with bootstrap
+intervals and the adapter's paired gain; ``<out>/eps-sweep/<model>/sweep.json`` keeps them,
+``docs/images/eps_sweep_<model>.png`` draws them, and docs/RESULTS.md gets the table between the
+EPS-SWEEP markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_results import (DEFAULT_OUT, PROMPTS, evaluate_command, fmt, fmt_gain, protocol_arguments,  # noqa: E402
+                          read_entries, run_jobs)
+
+EPS255 = (2.0, 4.0, 8.0, 16.0)
+HEADLINE_EPS = 8.0  # the budget of the headline run, reused when it is there
+SWEEP_SUFFIXES = ("adapter",)
+BEGIN, END = "<!-- GENERATED: scripts/eps_sweep.py -->", "<!-- END GENERATED: scripts/eps_sweep.py -->"
+
+
+def run_folder(args, model: str, eps: float) -> Path:
+    headline = args.out / model
+    if eps == HEADLINE_EPS and (headline / "results.json").exists():
+        settings = json.loads((headline / "results.json").read_text())["header"]["settings"]
+        if settings["steps"] == args.steps and settings["generator"] == args.generator and settings["eps"] == eps:
+            return headline
+    return args.out / "eps-sweep" / model / f"eps{eps:g}"
+
+
+def run_sweep(args) -> None:
+    """One evaluate per model and epsilon not yet complete, one after another (each on args.processes)."""
+    for model in args.models:
+        for eps in args.eps:
+            folder = run_folder(args, model, eps)
+            if folder == args.out / model:
+                continue
+            run_jobs([(f"eps-sweep-{model}-eps{eps:g}", evaluate_command(model, args, folder, eps, SWEEP_SUFFIXES))])
+
+
+def sweep_curves(args, model: str) -> list[dict]:
+    from samdemo.protocol import worst_case_sweep
+
+    entries = {eps: read_entries(run_folder(args, model, eps)) for eps in args.eps}
+    entries = {eps: found[:args.limit] for eps, found in entries.items() if found}
+    return worst_case_sweep(entries, ["none", f"{model}-adapter"], "none", seed=0)
+
+
+def sweep_table(curves: list[dict], prompts: list[str]) -> list[str]:
+    eps = sorted({r["eps255"] for r in curves})
+    lines = ["| ε (/255) | " + " | ".join(f"{t}: original / adapter / gain [95 % CI]" for t in prompts) + " |",
+             "| --- |" + " --- |" * len(prompts)]
+    for e in eps:
+        cells = []
+        for t in prompts:
+            rows = {r["defense"]: r for r in curves if r["eps255"] == e and r["evaluated_with"] == t}
+            original, adapter = rows["none"], next(r for d, r in rows.items() if d != "none")
+            cells.append(f"{fmt(original['miou_gt'])} / {fmt(adapter['miou_gt'])} / {fmt_gain(adapter)}")
+        lines.append(f"| {'clean' if e == 0 else f'{e:g}'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def generated_section(args, md: Path) -> str:
+    from samdemo.plots import eps_sweep_plot
+
+    parts = [BEGIN, ""]
+    for model in args.models:
+        curves = sweep_curves(args, model)
+        folder = args.out / "eps-sweep" / model
+        folder.mkdir(parents=True, exist_ok=True)
+        images, objects = curves[0]["images"], curves[0]["objects"]
+        settings = {"eps255": args.eps, "steps": args.steps, "generator": args.generator, "limit": args.limit,
+                    "prompts": list(PROMPTS), "runs": {f"{e:g}": os.path.relpath(run_folder(args, model, e), ROOT)
+                                                        for e in args.eps}}
+        (folder / "sweep.json").write_text(json.dumps({"model": model, "settings": settings, "curves": curves},
+                                                      indent=1) + "\n")
+        figure_dir = ROOT / "docs" / "images" if args.out == DEFAULT_OUT else folder
+        figure = figure_dir / f"eps_sweep_{model}.png"
+        eps_sweep_plot(curves, {"none": "original model", f"{model}-adapter": "adapter (adaptive + transfer)"},
+                       title=f"{model}: worst case per object, {args.steps} {args.generator.upper()} steps, "
+                             f"{images} test scenes", prompts=list(PROMPTS)).savefig(figure, dpi=110)
+        rel = lambda p: Path(os.path.relpath(p, md.parent)).as_posix()  # noqa: E731
+        parts += [f"### {model}", "",
+                  f"{images} test scenes, {objects} objects, {args.steps} {args.generator.upper()} steps per attack; "
+                  f"worst-case mIoU (%) of the original model and of the adapter, and the adapter's paired gain "
+                  f"(points). Data: [{rel(folder / 'sweep.json')}]({rel(folder / 'sweep.json')}).", "",
+                  f"![worst-case mIoU against epsilon]({rel(figure)})", "",
+                  *sweep_table(curves, list(PROMPTS)), ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def write_results_md(args) -> Path:
+    path = ROOT / "docs" / "RESULTS.md" if args.out == DEFAULT_OUT else args.out / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Results\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    path.write_text(head + generated_section(args, path) + rest.split(END, 1)[1])
+    return path
+
+
+def main(argv=None) -> int:
+    parser = protocol_arguments(__doc__, ["sam2-small"])
+    parser.add_argument("--eps", type=lambda text: [float(e) for e in text.split(",")], default=list(EPS255),
+                        help="budgets in 1/255 (comma-separated)")
+    args = parser.parse_args(argv)
+    args.out = args.out.resolve()
+    if not args.tables_only:
+        run_sweep(args)
+    print(f"wrote {write_results_md(args)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
