@@ -253,7 +253,9 @@ class CrossPromptAttack(Attack):
     grid: the point grid side; types: prompt types whose channel importance must agree (all
     three); high_res_weight: SAM 2's high-res maps; prompt_source: where the mask term's prompts
     come from, "segments" (the pool of the clean model's segments) or "uniform" (anywhere in the
-    image, :class:`UniformPromptPool`). See docs/METHOD.md for the measurements.
+    image, :class:`UniformPromptPool`); mask_target: what the mask term pushes those masks to,
+    "background" (empty masks) or "flip" (the inverted clean mask, :func:`flipped_mask_bce`; weaker on
+    validation scenes). See docs/METHOD.md for the measurements.
 
     Batches: the encoder forward + backward runs over the whole batch; what is inherently per image (the
     prompt pool, channel importance and key channels in :meth:`prepare`; the key-channel distance and the
