@@ -95,11 +95,14 @@ def generated_section(args, md: Path) -> str:
         eps_sweep_plot(curves, {"none": "original model", f"{model}-adapter": "adapter (adaptive + transfer)"},
                        title=f"{model}: worst case per object, {args.steps} {args.generator.upper()} steps, "
                              f"{images} test scenes", prompts=list(PROMPTS)).savefig(figure, dpi=110)
+        swept = [run_folder(args, model, e) for e in args.eps if run_folder(args, model, e) != args.out / model]
+        seconds = [entry.get("seconds", 0) for f in swept for entry in read_entries(f)[:args.limit]]
         rel = lambda p: Path(os.path.relpath(p, md.parent)).as_posix()  # noqa: E731
         parts += [f"### {model}", "",
                   f"{images} test scenes, {objects} objects, {args.steps} {args.generator.upper()} steps per attack; "
                   f"worst-case mIoU (%) of the original model and of the adapter, and the adapter's paired gain "
-                  f"(points). Data: [{rel(folder / 'sweep.json')}]({rel(folder / 'sweep.json')}).", "",
+                  f"(points); {sum(seconds) / 60 / max(len(seconds), 1):.1f} minutes per image and budget on one CPU "
+                  f"thread (two defenses). Data: [{rel(folder / 'sweep.json')}]({rel(folder / 'sweep.json')}).", "",
                   f"![worst-case mIoU against epsilon]({rel(figure)})", "",
                   *sweep_table(curves, list(PROMPTS)), ""]
     parts.append(END)
