@@ -139,8 +139,8 @@ def app_url(tmp_path_factory):
     embed = engine.embed
 
     def slow_embed(images):  # slow attack steps (the tiny model's take ~10 ms), so that there is time to cancel
-        if torch.is_grad_enabled():
-            time.sleep(0.3)
+        if torch.is_grad_enabled():  # 100 steps: a minute, enough for a click to arrive on a loaded machine
+            time.sleep(0.6)
         return embed(images)
 
     engine.embed = slow_embed
