@@ -13,6 +13,11 @@ It also records how well the attack's prompt pool covers the objects: the share 
 instances that some pool segment matches at IoU >= 0.5 ("pool recall"), and the pool's size.
 Writes ``OUT/diagnosis.json``; the variants are attack options (``AttackRequest.options``, and the
 noise generator).
+
+``--split test`` reports a variant chosen on those sets, once, where the item-8 target is judged: test
+scenes of the training generator and the first seeds of the independent generator (the reported ones).
+
+    python scripts/cross_prompt_diagnosis.py --models sam2-small --scenes 12 --split test --variants 1,2
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from samdemo.factory import load_engine
 from samdemo.metrics import batch_iou
 from samdemo.pipeline import AttackRequest, craft, predict_types
 from samdemo.prompts import prompts_from_mask
-from samdemo.scenes import validation_scenes
-from samdemo.shapes_eval import SHAPES_SEED_START, shapes_scene
+from samdemo.scenes import test_scenes, validation_scenes
+from samdemo.shapes_eval import SHAPES_SEED_START, independent_scenes, shapes_scene
 
 DIAGNOSIS_OFFSET = 1_000_000
 VARIANTS = {
@@ -54,10 +59,16 @@ VARIANTS = {
     "cross-prompt, mask term flips the clean masks": ("cross-prompt", {"mask_target": "flip"}),
     "cross-prompt, mask term flips the clean masks, APGD": ("cross-prompt", {"mask_target": "flip", "generator": "apgd"}),
     "cross-prompt, APGD": ("cross-prompt", {"generator": "apgd"}),
+    # what any prompt-free attack with a mask term approaches at best: the evaluation's own points and boxes
+    "point and box attack with the evaluation's own prompts (joint white-box reference)":
+        ("mask", {"craft_with": "point+box"}),
+    "point and box attack with the evaluation's own prompts, APGD": ("mask", {"craft_with": "point+box", "generator": "apgd"}),
 }
 
 
-def scene_sets(n: int) -> dict[str, list]:
+def scene_sets(n: int, split: str = "diagnosis") -> dict[str, list]:
+    if split == "test":
+        return {"test": test_scenes(n), "independent (reported seeds)": independent_scenes(n)}
     return {"validation": validation_scenes(n),
             "independent (diagnosis seeds)": [shapes_scene(SHAPES_SEED_START + DIAGNOSIS_OFFSET + i) for i in range(n)]}
 
@@ -73,8 +84,8 @@ def pool_recall(engine, scene, masks: np.ndarray, grid: int) -> tuple[float, int
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     out: dict = {"command": "python scripts/cross_prompt_diagnosis.py " + " ".join(args.argv), "eps255": args.eps,
-                 "steps": args.steps, "models": {}}
-    sets = scene_sets(args.scenes)
+                 "steps": args.steps, "split": args.split, "models": {}}
+    sets = scene_sets(args.scenes, args.split)
     variants = {name: v for i, (name, v) in enumerate(VARIANTS.items())
                 if not args.variants or str(i) in args.variants.split(",")}
     for model in args.models.split(","):
@@ -102,7 +113,8 @@ def run(args) -> dict:
                     craft_with = options.pop("craft_with", "box")
                     request = AttackRequest(attack=attack, eps255=args.eps, steps=args.steps, seed=index,
                                             generator=options.pop("generator", "pgd"), options=options)
-                    adv_image = craft(request, engine, image, [[o[craft_with] for o in objects]]).adv_images
+                    craft_prompts = [o[kind] for kind in craft_with.split("+") for o in objects]
+                    adv_image = craft(request, engine, image, [craft_prompts]).adv_images
                     for kind, predicted in predict_types(engine, adv_image, objects, ("point", "box")).items():
                         adv[name][kind] += batch_iou(predicted, gt).tolist()
             clean_miou = {k: float(np.mean(v)) for k, v in clean.items()}
@@ -128,6 +140,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--eps", type=float, default=8.0)
     parser.add_argument("--variants", default="", help="comma-separated indices into VARIANTS (default: all)")
+    parser.add_argument("--split", choices=("diagnosis", "test"), default="diagnosis",
+                        help="diagnosis: validation + independent diagnosis seeds (choosing); test: reporting once")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/results/cross-prompt-diagnosis"))
     args = parser.parse_args(argv)

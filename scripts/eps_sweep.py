@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_results import (DEFAULT_OUT, PROMPTS, evaluate_command, fmt, fmt_gain, protocol_arguments,  # noqa: E402
+from make_results import (DEFAULT_OUT, MODELS, PROMPTS, evaluate_command, fmt, fmt_gain, protocol_arguments,  # noqa: E402
                           read_entries, run_jobs)
 
 EPS255 = (2.0, 4.0, 8.0, 16.0)
@@ -120,7 +120,7 @@ def write_results_md(args) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = protocol_arguments(__doc__, ["sam2-small"])
+    parser = protocol_arguments(__doc__, list(MODELS))
     parser.add_argument("--eps", type=lambda text: [float(e) for e in text.split(",")], default=list(EPS255),
                         help="budgets in 1/255 (comma-separated)")
     args = parser.parse_args(argv)
