@@ -11,8 +11,8 @@ encoder and mask decoder itself and keeps gradients down to the pixels:
   -> :class:`Prediction` with logits at the original resolution. Prompts that share a structure
   (number of points, box or not, mask or not) go through the decoder as one batch.
 
-Frames: ``H x W`` original image; ``S x S`` model input; ``h x w = S/16`` image embedding;
-low-resolution logits are ``4h x 4w`` (256 x 256 for the 1024-px models).
+Frames: ``H x W`` original image; ``S x S`` model input; ``h x w = S/p`` image embedding (patch
+``p`` = 16 for Meta's models); low-resolution logits are ``4h x 4w`` (256 x 256 for the 1024-px models).
 """
 
 from __future__ import annotations
@@ -175,12 +175,12 @@ class SegmentEngine:
 
     def mask_to_low_res(self, mask: torch.Tensor, orig_hw, input_hw) -> torch.Tensor:
         """P x H x W bool/float mask (original frame) -> P x 1 x 4h x 4w logits (+-MASK_PROMPT_LOGIT)."""
-        low = self.image_size // 4
+        low = tuple(self.prompt_encoder.mask_input_size)  # 4h x 4w: S/4 with 16-px patches, S/2 with 8-px ones
         m = mask.float()[:, None]
         if self.family == "sam":
             m = F.interpolate(m, size=input_hw, mode="bilinear", align_corners=False, antialias=True)
             m = F.pad(m, (0, self.image_size - input_hw[1], 0, self.image_size - input_hw[0]))
-        m = F.interpolate(m, size=(low, low), mode="bilinear", align_corners=False, antialias=True)
+        m = F.interpolate(m, size=low, mode="bilinear", align_corners=False, antialias=True)
         return (m * 2 - 1) * MASK_PROMPT_LOGIT
 
     def _encode_group(self, group: list[Prompt], features: ImageFeatures):

@@ -174,3 +174,33 @@ def test_predict_is_deterministic_and_shaped():
     a = engine.predict(image, [box_prompt(5, 5, 60, 25)])
     b = engine.predict(image, [box_prompt(5, 5, 60, 25)])
     assert a.masks.shape == (1, 30, 70) and torch.equal(a.logits, b.logits)
+
+
+def test_finer_patches_give_a_finer_embedding_and_match_the_official_predictor(tmp_path):
+    """``encoder.patch_size: 8`` (an architecture option for the embedded SAM): a 2x finer image
+    embedding, mask prompts resized to the prompt encoder's own input size, and the same logits as
+    Meta's predictor for every prompt type."""
+    from omegaconf import OmegaConf
+
+    from samdemo.build import CONFIG_DIR, build_architecture
+
+    cfg = OmegaConf.load(CONFIG_DIR / "sam_tiny_test.yaml")
+    cfg.encoder.patch_size = 8
+    OmegaConf.save(cfg, tmp_path / "sam_tiny_patch8.yaml")
+    torch.manual_seed(0)
+    model, family = build_architecture(tmp_path / "sam_tiny_patch8.yaml")
+    engine = SegmentEngine(model.eval(), family, name="tiny-sam-patch8")
+    s = engine.image_size
+    image = random_image(s, s)
+    features = engine.embed(image_to_tensor(image))
+    assert features.image_embed.shape[-2:] == (s // 8, s // 8)
+    predictor = reference_predictor(engine)
+    predictor.set_image(image)
+    low_res = engine.decode(features, [point_prompt(20, 30)]).low_res_logits[0].detach().numpy()
+    assert low_res.shape[-2:] == (s // 2, s // 2)
+    for name, prompt in example_prompts(s, s, low_res).items():
+        ours = engine.decode(features, [prompt]).logits[0].detach().numpy()
+        assert np.abs(ours - reference_logits(predictor, prompt)).max() < 1e-4, name
+    painted = np.zeros((s, s), bool)
+    painted[10:40, 12:30] = True
+    assert engine.decode(features, [mask_prompt(painted)]).logits.shape == (1, s, s)
