@@ -63,6 +63,9 @@ VARIANTS = {
     "point and box attack with the evaluation's own prompts (joint white-box reference)":
         ("mask", {"craft_with": "point+box"}),
     "point and box attack with the evaluation's own prompts, APGD": ("mask", {"craft_with": "point+box", "generator": "apgd"}),
+    # the pool without the background's large segments, which the mask term can empty without touching an object
+    "cross-prompt, grid 8, segments up to 30 % of the image": ("cross-prompt", {"grid": 8, "max_area": 0.3}),
+    "cross-prompt, grid 8, segments up to 10 % of the image": ("cross-prompt", {"grid": 8, "max_area": 0.1}),
 }
 
 

@@ -277,6 +277,16 @@ def test_prompt_pool_has_every_type(sam):
         p.validate((64, 64))
 
 
+def test_prompt_pool_max_area_leaves_large_segments_out(sam):
+    with torch.no_grad():
+        features = sam.embed(grid_images())
+    area = lambda pool: [float(s.mean()) for s in pool.segments]  # noqa: E731
+    assert max(area(sample_prompt_pool(sam, features, grid=4))) > 0.1  # this model answers with a large segment
+    assert max(area(sample_prompt_pool(sam, features, grid=4, max_area=0.1))) <= 0.1
+    with pytest.raises(ValueError, match="max_area"):
+        CrossPromptAttack(sam, max_area=0.0)
+
+
 # ------------------------------------------------------------------------------------------ generators
 def test_segpgd_schedule_and_weights():
     assert segpgd_lambda(1, 10) == 0 and segpgd_lambda(10, 10) == pytest.approx(0.45)

@@ -255,7 +255,9 @@ class CrossPromptAttack(Attack):
     come from, "segments" (the pool of the clean model's segments) or "uniform" (anywhere in the
     image, :class:`UniformPromptPool`); mask_target: what the mask term pushes those masks to,
     "background" (empty masks) or "flip" (the inverted clean mask, :func:`flipped_mask_bce`; weaker on
-    validation scenes). See docs/METHOD.md for the measurements.
+    validation scenes); max_area: the largest segment the pool keeps, as a fraction of the image (default
+    0.9; smaller keeps the background's large segments out of the mask term). See docs/METHOD.md for the
+    measurements.
 
     Batches: the encoder forward + backward runs over the whole batch; what is inherently per image (the
     prompt pool, channel importance and key channels in :meth:`prepare`; the key-channel distance and the
@@ -269,7 +271,8 @@ class CrossPromptAttack(Attack):
                  step_size: float | None = None, generator="pgd", random_start: bool = True, seed=None,
                  progress=None, cancel=None, restarts: int = 1, *, k: int | None = None, distance: str = "mse", mix: float = 100.0,
                  prompts_per_step: int = 32, mix_types=("point", "box"), grid: int = 4, types=PROMPT_TYPES,
-                 high_res_weight: float = 1.0, prompt_source: str = "segments", mask_target: str = "background"):
+                 high_res_weight: float = 1.0, prompt_source: str = "segments", mask_target: str = "background",
+                 max_area: float = 0.9):
         super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts)
         if distance not in ("mse", "cosine"):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
@@ -280,6 +283,9 @@ class CrossPromptAttack(Attack):
                 raise ValueError(f"{label} must be a non-empty subset of {PROMPT_TYPES}; got {value!r}.")
         if mix < 0 or prompts_per_step < 1 or grid < 1:
             raise ValueError("mix must be >= 0, prompts_per_step >= 1 and grid >= 1.")
+        if not 0 < max_area <= 1:
+            raise ValueError(f"max_area must be a fraction of the image in (0, 1]; got {max_area!r}.")
+        self.max_area = float(max_area)
         self.k, self.distance, self.mix = k, distance, float(mix)
         self.prompts_per_step, self.grid, self.types = int(prompts_per_step), int(grid), tuple(types)
         self.mix_types = tuple(mix_types)
@@ -298,7 +304,7 @@ class CrossPromptAttack(Attack):
         k = min(self.k or max(channels // 4, 1), channels)
         pools, keys, importances = [], [], []
         for i in range(len(images)):
-            pool = sample_prompt_pool(engine, clean, i, grid=self.grid)
+            pool = sample_prompt_pool(engine, clean, i, grid=self.grid, max_area=self.max_area)
             importance = {t: channel_importance(engine, clean, pool.by_type(t), i) for t in self.types}
             pools.append(pool)
             importances.append(importance)
