@@ -66,6 +66,7 @@ VARIANTS = {
     # the pool without the background's large segments, which the mask term can empty without touching an object
     "cross-prompt, grid 8, segments up to 30 % of the image": ("cross-prompt", {"grid": 8, "max_area": 0.3}),
     "cross-prompt, grid 8, segments up to 10 % of the image": ("cross-prompt", {"grid": 8, "max_area": 0.1}),
+    "cross-prompt, grid 8, segments off the image border": ("cross-prompt", {"grid": 8, "interior_only": True}),
 }
 
 

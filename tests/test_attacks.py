@@ -277,12 +277,17 @@ def test_prompt_pool_has_every_type(sam):
         p.validate((64, 64))
 
 
-def test_prompt_pool_max_area_leaves_large_segments_out(sam):
+def test_prompt_pool_filters_leave_large_and_border_segments_out(sam):
     with torch.no_grad():
         features = sam.embed(grid_images())
     area = lambda pool: [float(s.mean()) for s in pool.segments]  # noqa: E731
-    assert max(area(sample_prompt_pool(sam, features, grid=4))) > 0.1  # this model answers with a large segment
+    default = sample_prompt_pool(sam, features, grid=4)
+    large = [s for s in default.segments if s.mean() > 0.1]
+    touches_border = lambda s: bool(s[[0, -1]].any() or s[:, [0, -1]].any())  # noqa: E731
+    assert large and touches_border(large[0])  # this model answers with a large segment on the image border
     assert max(area(sample_prompt_pool(sam, features, grid=4, max_area=0.1))) <= 0.1
+    interior = sample_prompt_pool(sam, features, grid=4, interior_only=True)
+    assert not any(np.array_equal(s, large[0]) for s in interior.segments)
     with pytest.raises(ValueError, match="max_area"):
         CrossPromptAttack(sam, max_area=0.0)
 

@@ -133,9 +133,10 @@ def grid_points(hw: tuple[int, int], grid: int) -> list[Prompt]:
 @torch.no_grad()
 def sample_prompt_pool(engine: SegmentEngine, features: ImageFeatures, image_index: int = 0, grid: int = 4,
                        max_segments: int = 16, min_area: float = 0.002, max_area: float = 0.9,
-                       dedup_iou: float = 0.8) -> PromptPool:
+                       dedup_iou: float = 0.8, interior_only: bool = False) -> PromptPool:
     """Point grid -> the clean model's segments -> boxes and masks. If the model finds no usable
-    segment (a random test model), the grid cells themselves are the segments."""
+    segment (a random test model), the grid cells themselves are the segments. ``interior_only``: leave
+    out segments that touch the image border (background regions usually do, objects rarely)."""
     hw = features.orig_hw
     points = grid_points(hw, grid)
     prediction = engine.decode(features, points, image_index=image_index, validate=False)
@@ -145,6 +146,8 @@ def sample_prompt_pool(engine: SegmentEngine, features: ImageFeatures, image_ind
     kept: list[np.ndarray] = []
     for i in order:
         if not min_area <= area[i] <= max_area:
+            continue
+        if interior_only and (masks[i][[0, -1]].any() or masks[i][:, [0, -1]].any()):
             continue
         if any(_iou(masks[i], other) > dedup_iou for other in kept):
             continue
@@ -256,8 +259,8 @@ class CrossPromptAttack(Attack):
     image, :class:`UniformPromptPool`); mask_target: what the mask term pushes those masks to,
     "background" (empty masks) or "flip" (the inverted clean mask, :func:`flipped_mask_bce`; weaker on
     validation scenes); max_area: the largest segment the pool keeps, as a fraction of the image (default
-    0.9; smaller keeps the background's large segments out of the mask term). See docs/METHOD.md for the
-    measurements.
+    0.9; smaller keeps the background's large segments out of the mask term); interior_only: the pool leaves
+    out segments that touch the image border. See docs/METHOD.md for the measurements.
 
     Batches: the encoder forward + backward runs over the whole batch; what is inherently per image (the
     prompt pool, channel importance and key channels in :meth:`prepare`; the key-channel distance and the
@@ -272,7 +275,7 @@ class CrossPromptAttack(Attack):
                  progress=None, cancel=None, restarts: int = 1, *, k: int | None = None, distance: str = "mse", mix: float = 100.0,
                  prompts_per_step: int = 32, mix_types=("point", "box"), grid: int = 4, types=PROMPT_TYPES,
                  high_res_weight: float = 1.0, prompt_source: str = "segments", mask_target: str = "background",
-                 max_area: float = 0.9):
+                 max_area: float = 0.9, interior_only: bool = False):
         super().__init__(engine, eps, steps, step_size, generator, random_start, seed, progress, cancel, restarts)
         if distance not in ("mse", "cosine"):
             raise ValueError(f"distance must be 'mse' or 'cosine'; got {distance!r}.")
@@ -285,7 +288,7 @@ class CrossPromptAttack(Attack):
             raise ValueError("mix must be >= 0, prompts_per_step >= 1 and grid >= 1.")
         if not 0 < max_area <= 1:
             raise ValueError(f"max_area must be a fraction of the image in (0, 1]; got {max_area!r}.")
-        self.max_area = float(max_area)
+        self.max_area, self.interior_only = float(max_area), bool(interior_only)
         self.k, self.distance, self.mix = k, distance, float(mix)
         self.prompts_per_step, self.grid, self.types = int(prompts_per_step), int(grid), tuple(types)
         self.mix_types = tuple(mix_types)
@@ -304,7 +307,8 @@ class CrossPromptAttack(Attack):
         k = min(self.k or max(channels // 4, 1), channels)
         pools, keys, importances = [], [], []
         for i in range(len(images)):
-            pool = sample_prompt_pool(engine, clean, i, grid=self.grid, max_area=self.max_area)
+            pool = sample_prompt_pool(engine, clean, i, grid=self.grid, max_area=self.max_area,
+                                      interior_only=self.interior_only)
             importance = {t: channel_importance(engine, clean, pool.by_type(t), i) for t in self.types}
             pools.append(pool)
             importances.append(importance)
