@@ -62,11 +62,13 @@ def figure(results: dict, path: Path) -> None:
             curve = run["curve"]
             line, = ax.plot([e["seconds"] / 60 for e in curve], [e[kind] for e in curve], "o-", label=name)
             ax.plot(run["seconds"] / 60, run["validation"][kind], "*", markersize=12, color=line.get_color())
-        ax.set_title(f"{kind} prompt (validation, {results['scenes']} scenes)")
+        ax.set_title(f"{kind} prompt: validation mIoU", fontsize=10)
         ax.set_xlabel("training minutes (one thread each, side by side)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mIoU")
     axes[0].legend()
+    fig.suptitle(f"lines: each run's own evaluations (its log); stars: its latest weights on {results['scenes']} "
+                 "validation scenes", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
