@@ -48,3 +48,23 @@ def test_gpu_training_script_runs_on_cpu_with_tiny_settings(tmp_path):
         log = json.loads((tmp_path / "export" / f"{family}-small" / "training_log.json").read_text())
         assert [row[0] for row in log["train"]] == [1] and log["config"]["device"] == "cpu"
         assert (tmp_path / "export" / f"{family}-small" / "model.safetensors").stat().st_size > 1e6
+
+
+def test_architecture_comparison_measures_each_run_where_it_stands(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    cfg = BaseTrainConfig(family="sam", config=str(CONFIG_DIR / "sam_tiny_test.yaml"), steps=2, batch=2,
+                          instances=1, eval_every=1, eval_scenes=1, checkpoint_every=1, warmup=1)
+    train_base(cfg, tmp_path / "run")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "architecture_comparison.py"
+    out, figure = tmp_path / "comparison.json", tmp_path / "comparison.png"
+    subprocess.run([sys.executable, str(script), "--runs", f"tiny={tmp_path / 'run'}", "--scenes", "2", "--shapes", "1",
+                    "--threads", "1", "--out", str(out), "--figure", str(figure)], check=True, capture_output=True)
+    run = json.loads(out.read_text())["runs"]["tiny"]
+    assert (run["step"], run["images"]) == (2, 4) and [e["step"] for e in run["curve"]] == [1, 2]
+    assert all(0 <= run[part][kind] <= 1 for part in ("validation", "grey", "independent") for kind in ("point", "box"))
+    assert figure.stat().st_size > 0
+
+    bad = subprocess.run([sys.executable, str(script), "--runs", f"tiny={tmp_path}"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--runs takes NAME=RUN_DIR" in bad.stderr
