@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +45,9 @@ class ModelSpec:
     hub: HubFile | None  # where to download it from when it is not local
     download_mb: int  # approximate size of the weights, shown in the UI
     description: str
+    # attack settings chosen for this model on validation scenes: {attack: {keyword: value}}, used by the
+    # evaluation, the app and ``samdemo attack`` (adapter training keeps each attack's class defaults)
+    attack_options: dict = field(default_factory=dict, hash=False)
 
     @property
     def embedded(self) -> bool:
@@ -71,8 +74,11 @@ def _registry() -> dict[str, ModelSpec]:
     specs = [
         ModelSpec("sam-small", "sam", CONFIG_DIR / "sam_small.yaml", "sam-small/model.safetensors", None, 31,
                   "Embedded small SAM v1 (ViT, 256 px), trained by samdemo on procedural scenes"),
+        # grid 8: the cross-prompt pool's point grid chosen on validation scenes (docs/METHOD.md, "cross-prompt
+        # diagnosis"); on sam-small's scenes grid 8 is weaker than the class default 4
         ModelSpec("sam2-small", "sam2", CONFIG_DIR / "sam2_small.yaml", "sam2-small/model.safetensors", None, 30,
-                  "Embedded small SAM 2 (Hiera, 256 px), trained by samdemo on procedural scenes"),
+                  "Embedded small SAM 2 (Hiera, 256 px), trained by samdemo on procedural scenes",
+                  attack_options={"cross-prompt": {"grid": 8}}),
     ]
     # Meta's MD5s of its SAM releases (their file names carry the first six digits): whatever mirror
     # serves the file, it is used only if it is Meta's file, byte for byte.
@@ -99,6 +105,13 @@ def get_spec(name: str) -> ModelSpec:
     if name not in MODEL_REGISTRY:
         raise ModelUnavailableError(f"Unknown model {name!r}. Known models: {', '.join(MODEL_REGISTRY)}.")
     return MODEL_REGISTRY[name]
+
+
+def attack_options(model: str, attack: str) -> dict:
+    """The keyword options of ``attack`` chosen for ``model`` (``ModelSpec.attack_options``; {} for an attack without
+    any, or a model outside the registry such as a test's tiny architecture)."""
+    spec = MODEL_REGISTRY.get(model)
+    return dict(spec.attack_options.get(attack, {})) if spec is not None else {}
 
 
 def build_architecture(config: Path | str) -> tuple[torch.nn.Module, str]:

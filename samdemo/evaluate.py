@@ -37,7 +37,9 @@ Files in ``--out``:
   same settings skips the images already there (``--limit`` may change; every log in ``--out`` counts, whatever
   the number of processes that wrote it); other settings are an error.
 * ``results.json``: ``{"header": {"settings": {"model", "adapters", "data", "attacks", "prompts",
-  "eps" (1/255 units), "steps", "generator", "seed", "max_instances", "max_side", "defenses":
+  "eps" (1/255 units), "steps", "generator", "seed", "max_instances", "max_side", "restarts", "attack_options"
+  ({attack: {keyword: value}}, only when any: the model's chosen ones, ``samdemo.build.attack_options``, and
+  ``--attack-option``), "defenses":
   [{"label", "method", "ref", "digest"}]}, "limit", "images", "instances", "skipped" (names),
   "ci": {"method", "level", "resamples", "seed"}, "asr_threshold", "versions", "created"},
   "records": [{"model", "defense", "method", "mode", "attack", "crafted_with", "evaluated_with",
@@ -73,7 +75,7 @@ import platform
 import re
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -128,12 +130,22 @@ class Settings:
     max_instances: int
     max_side: int
     restarts: int = 1
+    # {attack: {keyword: value}}: the model's chosen options (samdemo.build.attack_options) and --attack-option
+    attack_options: dict = field(default_factory=dict)
 
     def request(self, attack: str, seed: int | tuple[int, ...]) -> AttackRequest:
         """The attack ``attack`` under this run's threat model, seeded per image (a tuple: one seed per image
         of the batch)."""
         return AttackRequest(attack=attack, generator=self.generator, eps255=self.eps, steps=self.steps, seed=seed,
-                             restarts=self.restarts)
+                             restarts=self.restarts, options=self.attack_options.get(attack, {}))
+
+    def recorded(self) -> dict:
+        """The settings as the logs' header holds them. ``attack_options`` only when there are any, so that the
+        logs of runs from before the field existed (every attack at its class defaults) still match."""
+        settings = _jsonable(asdict(self))
+        if not settings["attack_options"]:
+            del settings["attack_options"]
+        return settings
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -157,6 +169,9 @@ def configure_parser(parser) -> None:
                         help="noise generator; apgd = Auto-PGD (Croce & Hein 2020)")
     parser.add_argument("--restarts", type=int, default=1,
                         help="random starts per attack; each image keeps its best iterate over all, default 1")
+    parser.add_argument("--attack-option", action="append", default=[], metavar="ATTACK:KEY=VALUE",
+                        help="an attack's option over the model's chosen ones (samdemo/build.py; e.g. "
+                             "cross-prompt:grid=4); repeat for several; recorded in the settings")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     parser.add_argument("--max-instances", type=int, default=8, help="largest instances per image, default 8")
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
@@ -173,11 +188,18 @@ def configure_parser(parser) -> None:
 def parse_settings(args) -> Settings:
     """Validate the arguments; ValueError with one clear message otherwise."""
     from samdemo.attacks.base import eps_from_255, validate_restarts, validate_steps
-    from samdemo.build import get_spec
+    from samdemo.build import attack_options, get_spec
+    from samdemo.pipeline import parse_option
 
     get_spec(args.model)  # unknown model: a clear error before anything is loaded
     attacks = _split(args.attacks, "--attacks")
     attack_rows(attacks)  # unknown attack names
+    options = {attack: attack_options(args.model, attack) for attack in attacks}
+    for text in args.attack_option:
+        attack, key, value = parse_option(text)
+        if attack not in attacks:
+            raise ValueError(f"--attack-option {text!r}: {attack} is not among --attacks.")
+        options[attack][key] = value
     prompts = _split(args.prompts, "--prompts")
     unknown = [p for p in prompts if p not in EVAL_PROMPT_TYPES]
     if unknown:
@@ -194,7 +216,8 @@ def parse_settings(args) -> Settings:
     if len(set(args.adapter)) < len(args.adapter):
         raise ValueError("The same --adapter is given twice.")
     return Settings(args.model, list(args.adapter), args.data, attacks, prompts, float(args.eps), args.steps,
-                    args.generator, args.seed, args.max_instances, args.max_side, args.restarts)
+                    args.generator, args.seed, args.max_instances, args.max_side, args.restarts,
+                    {attack: chosen for attack, chosen in options.items() if chosen})
 
 
 def _split(value: str, option: str) -> list[str]:
@@ -369,7 +392,7 @@ def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, li
     rank, world = distributed.group()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recorded = {"settings": _jsonable(asdict(settings)) | {"defenses": [
+    recorded = {"settings": settings.recorded() | {"defenses": [
         {"label": d.label, "method": d.method, "ref": d.ref, "digest": d.digest} for d in defenses]}}
     had_logs = bool(log_files(out))
     done = read_logs(out, recorded)

@@ -19,6 +19,7 @@ Coordinates: prompts are in the original image frame (``samdemo.prompts``).
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,7 @@ class AttackRequest:
                 raise ValueError(f"seed must be a whole number >= 0 (or one per image); got {self.seed!r}.")
         if self.seed == ():
             raise ValueError("seed: one per image needs at least one seed.")
+        check_options(self.attack, self.options)
 
     @property
     def eps(self) -> float:
@@ -94,6 +96,38 @@ class AttackRequest:
         return ATTACKS[self.attack](engine, eps=self.eps, steps=self.steps, step_size=step_size,
                                     generator=self.generator, random_start=self.random_start, seed=self.seed,
                                     restarts=self.restarts, progress=progress, cancel=cancel, **dict(self.options))
+
+
+def check_options(attack: str, options: Mapping[str, object]) -> None:
+    """ValueError naming the first keyword of ``options`` that ``attack``'s class does not take (its keyword-only
+    parameters; any keyword when it passes them on)."""
+    parameters = inspect.signature(ATTACKS[attack].__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    known = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+    for key in options:
+        if key not in known:
+            raise ValueError(f"The {attack} attack has no option {key!r}"
+                             + (f"; its options: {', '.join(known)}." if known else "; it takes none."))
+
+
+def parse_option(text: str) -> tuple[str, str, object]:
+    """``ATTACK:KEY=VALUE`` (VALUE read as JSON when it is, else kept as text) -> (attack, key, value); ValueError
+    with one clear message otherwise."""
+    import json
+
+    attack, _, assignment = text.partition(":")
+    key, equals, value = assignment.partition("=")
+    if not (attack and key and equals):
+        raise ValueError(f"An attack option is ATTACK:KEY=VALUE (e.g. cross-prompt:grid=8); got {text!r}.")
+    if attack not in ATTACKS:
+        raise ValueError(f"Unknown attack {attack!r} in option {text!r}; choose one of {', '.join(ATTACKS)}.")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    check_options(attack, {key: parsed})
+    return attack, key, parsed
 
 
 def craft(request: AttackRequest, engine: SegmentEngine, images: torch.Tensor, prompts=None,

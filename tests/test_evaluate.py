@@ -81,6 +81,8 @@ def test_sampled_points_lie_in_the_mask():
     (["--limit", "0"], "--limit must be a positive integer"),
     (["--attacks", "random,random"], "without repeats"),
     (["--batch-images", "0"], "--batch-images must be a positive integer"),
+    (["--attack-option", "cross-prompt:gird=8"], "no option 'gird'"),
+    (["--attacks", "mask", "--attack-option", "cross-prompt:grid=8"], "cross-prompt is not among --attacks"),
 ])
 def test_bad_arguments(tmp_path, capsys, argv, message):
     assert cli("--out", tmp_path / "out", *argv) != 0
@@ -94,6 +96,27 @@ def test_bad_data(tmp_path, capsys):
     assert cli("--out", tmp_path / "out", "--data", tmp_path / "nowhere") != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither scenes" in err[0], err
+
+
+def test_settings_record_the_models_attack_options():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    evaluate.configure_parser(parser)
+
+    def settings(*argv):
+        return evaluate.parse_settings(parser.parse_args(["--out", "x", *argv]))
+
+    sam2 = settings("--model", "sam2-small", "--attacks", "cross-prompt,mask")
+    assert sam2.attack_options == {"cross-prompt": {"grid": 8}}
+    assert sam2.recorded()["attack_options"] == {"cross-prompt": {"grid": 8}}
+    assert sam2.request("cross-prompt", 0).options == {"grid": 8} and sam2.request("mask", 0).options == {}
+    overridden = settings("--model", "sam2-small", "--attack-option", "cross-prompt:grid=4",
+                          "--attack-option", "cross-prompt:mix=0")
+    assert overridden.attack_options == {"cross-prompt": {"grid": 4, "mix": 0}}
+    # no options: no field, so logs written before it existed still match their settings
+    assert "attack_options" not in settings("--model", "sam-small").recorded()
+    assert "attack_options" not in settings("--model", "sam2-small", "--attacks", "mask").recorded()
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -40,6 +40,8 @@ def scene_image(size: int = 64) -> np.ndarray:
     ({"steps": 0}, "steps"),
     ({"restarts": 0}, "restarts"),
     ({"seed": -1}, "seed"),
+    ({"attack": "cross-prompt", "options": {"gird": 8}}, "no option 'gird'; its options: k, "),
+    ({"attack": "random", "options": {"grid": 8}}, "it takes none"),
 ])
 def test_request_is_checked_once_in_one_unit(fields, message):
     if message is None:
@@ -117,3 +119,30 @@ def test_load_engine_errors_are_clear(tmp_path):
         load_engine("sam-vit-z")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_engine("sam-small", weights=tmp_path / "missing.safetensors")
+
+
+def test_attack_options_parse_as_json_and_are_checked():
+    from samdemo.pipeline import parse_option
+
+    assert parse_option("cross-prompt:grid=8") == ("cross-prompt", "grid", 8)
+    assert parse_option("feature:distance=cosine") == ("feature", "distance", "cosine")
+    assert parse_option("cross-prompt:mix_types=[\"box\"]") == ("cross-prompt", "mix_types", ["box"])
+    for text, message in [("grid=8", "ATTACK:KEY=VALUE"), ("cross-prompt:grid", "ATTACK:KEY=VALUE"),
+                          ("pixel:grid=8", "Unknown attack 'pixel'"), ("mask:grid=8", "no option 'grid'")]:
+        with pytest.raises(ValueError, match=message):
+            parse_option(text)
+    attack = AttackRequest(attack="cross-prompt", options={"grid": 8}).build(tiny_engine("sam-small"))
+    assert attack.grid == 8
+
+
+def test_each_model_has_its_chosen_attack_options():
+    from samdemo.build import MODEL_REGISTRY, attack_options
+
+    assert attack_options("sam2-small", "cross-prompt") == {"grid": 8}  # chosen on sam2-small's validation scenes
+    assert attack_options("sam-small", "cross-prompt") == {}  # the class default (grid 4)
+    assert attack_options("sam2-small", "mask") == {} and attack_options("a-test-architecture", "cross-prompt") == {}
+    attack_options("sam2-small", "cross-prompt")["grid"] = 2  # a copy: the registry is unchanged
+    assert attack_options("sam2-small", "cross-prompt") == {"grid": 8}
+    for spec in MODEL_REGISTRY.values():
+        for attack, options in spec.attack_options.items():
+            AttackRequest(attack=attack, options=options)  # every registered option exists

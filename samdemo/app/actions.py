@@ -51,6 +51,7 @@ class AttackJob:
         """The widgets' values (or the API's) -> a checked job; :class:`UserError` naming the field otherwise.
         ``trained``: the session's trained adapter (used when ``adapter_kind`` is "trained")."""
         from samdemo.attacks import ATTACKS, GENERATORS
+        from samdemo.build import attack_options
 
         if attack not in ATTACKS:
             raise UserError(f"Unknown attack {limits.quoted(attack)}; choose one of {', '.join(ATTACKS)}.")
@@ -59,7 +60,8 @@ class AttackJob:
         if target not in (TARGET_ORIGINAL, TARGET_ROBUST):
             raise UserError(f"Unknown target {limits.quoted(target)}.")
         request = AttackRequest(attack=attack, generator=generator, eps255=limits.check_eps255(eps255),
-                                steps=limits.check_steps(steps), seed=limits.check_seed(seed))
+                                steps=limits.check_steps(steps), seed=limits.check_seed(seed),
+                                options=attack_options(model, attack))
         return cls(model=model, adapter=AdapterChoice.parse(adapter_kind, repo_id, revision, trained), request=request,
                    target=target)
 

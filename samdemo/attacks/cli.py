@@ -134,6 +134,7 @@ def robust_engine(engine, model: str, source: str):
 
 def run(args) -> int:
     from samdemo.attacks.transfer import object_prompts
+    from samdemo.build import attack_options
     from samdemo.factory import load_engine
     from samdemo.limits import is_out_of_memory, out_of_memory_message
     from samdemo.pipeline import AttackRequest, run_attack
@@ -145,7 +146,8 @@ def run(args) -> int:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file (lossless); got {args.out.name!r}.")
     request = AttackRequest(attack=args.attack, generator=args.generator, eps255=args.eps, steps=args.steps,
-                            step_size255=args.step_size, random_start=not args.no_random_start, seed=args.seed)
+                            step_size255=args.step_size, random_start=not args.no_random_start, seed=args.seed,
+                            options=attack_options(args.model, args.attack))
     image, shown_hw = read_user_image(args.image)
     h, w = image.shape[:2]
     prompt = user_prompts(args, shown_hw, w / shown_hw[1])
