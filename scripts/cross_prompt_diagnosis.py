@@ -67,6 +67,7 @@ VARIANTS = {
     "cross-prompt, grid 8, segments up to 30 % of the image": ("cross-prompt", {"grid": 8, "max_area": 0.3}),
     "cross-prompt, grid 8, segments up to 10 % of the image": ("cross-prompt", {"grid": 8, "max_area": 0.1}),
     "cross-prompt, grid 8, segments off the image border": ("cross-prompt", {"grid": 8, "interior_only": True}),
+    "cross-prompt, grid 8, APGD": ("cross-prompt", {"grid": 8, "generator": "apgd"}),
 }
 
 

@@ -108,3 +108,24 @@ def test_sweep_plot_has_one_panel_per_prompt_and_one_line_per_defense():
     assert [line.get_label() for line in box.get_lines()] == ["original model", "adapter"]
     np.testing.assert_allclose(box.get_lines()[0].get_xdata(), [0, 2, 8])
     np.testing.assert_allclose(box.get_lines()[0].get_ydata(), [0.7, 0.2, 0.05], atol=1e-6)
+
+
+def test_the_paper_attacks_effect_on_the_worst_case_counts_the_objects_it_lowers():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_results import paper_attack_effect
+
+    ensemble = [{"name": "a", "instances": 2, "attacked": [row("none", "white-box", "mask", [0.2, 0.6]),
+                                                           row("adapter", "adaptive", "mask", [0.5, 0.5])]},
+                {"name": "b", "instances": 0}]
+    paper = [{"name": "a", "instances": 2, "attacked": [row("none", "white-box", "key-channel", [0.4, 0.2]),
+                                                        row("adapter", "adaptive", "key-channel", [0.9, 0.8])]},
+             {"name": "b", "instances": 0}]
+    table = paper_attack_effect(ensemble, paper, ["box"])
+    # original model: object 1 drops from 0.6 to 0.2 (mean 0.4 -> 0.2); the adapter: nothing lower
+    assert table[2] == "| original model | 40.0 -> 20.0 (1 of 2) |"
+    assert table[3] == "| adapter | 50.0 -> 50.0 (0 of 2) |"
+    with pytest.raises(ValueError, match="same images"):
+        paper_attack_effect(ensemble, paper[:1] + [{"name": "c", "instances": 1, "attacked": []}], ["box"])
