@@ -4,11 +4,12 @@
     python scripts/eps_sweep.py --processes 2                 # the committed curves (resumable: rerun to finish)
     python scripts/eps_sweep.py --limit 1 --steps 5 --out /tmp/look    # a quick look (never touches the docs)
 
-Every epsilon runs the same ``evaluate`` command as the headline results (same test scenes, attacks,
-prompts, 100 APGD steps, seed) with only the original model and the adapter, into
-``<out>/eps-sweep/<model>/eps<E>/``; eps 8 is read from the headline run (``<out>/<model>/``) when it is
-there (its controls are left out: the worst case of a defense depends only on the attacks evaluated on
-it). Then ``samdemo.protocol.worst_case_sweep`` gives worst-case mIoU per epsilon with bootstrap
+Every epsilon runs the same two ``evaluate`` commands as the headline results (same test scenes,
+attacks, prompts, 100 APGD steps, seed; our attacks, then the paper's ``key-channel``) with only the
+original model and the adapter, into ``<out>/eps-sweep/<model>/eps<E>/`` and
+``<out>/eps-sweep/paper-attack/<model>/eps<E>/``, merged into one ensemble per epsilon like the headline
+(``make_results.merge_runs``); eps 8 is read from the headline runs when they are there (their controls
+are left out: the worst case of a defense depends only on the attacks evaluated on it). Then ``samdemo.protocol.worst_case_sweep`` gives worst-case mIoU per epsilon with bootstrap
 intervals and the adapter's paired gain; ``<out>/eps-sweep/<model>/sweep.json`` keeps them,
 ``docs/images/eps_sweep_<model>.png`` draws them, and docs/RESULTS.md gets the table between the
 EPS-SWEEP markers.
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_results import (DEFAULT_OUT, MODELS, PROMPTS, evaluate_command, fmt, fmt_gain, protocol_arguments,  # noqa: E402
-                          read_entries, run_jobs)
+from make_results import (DEFAULT_OUT, MODELS, PAPER_ATTACK, PROMPTS, evaluate_command, fmt, fmt_gain,  # noqa: E402
+                          merge_runs, paper_folder, protocol_arguments, read_entries, run_jobs)
 
 EPS255 = (2.0, 4.0, 8.0, 16.0)
 HEADLINE_EPS = 8.0  # the budget of the headline run, reused when it is there
@@ -35,29 +36,32 @@ SWEEP_SUFFIXES = ("adapter",)
 BEGIN, END = "<!-- GENERATED: scripts/eps_sweep.py -->", "<!-- END GENERATED: scripts/eps_sweep.py -->"
 
 
-def run_folder(args, model: str, eps: float) -> Path:
-    headline = args.out / model
-    if eps == HEADLINE_EPS and (headline / "results.json").exists():
-        settings = json.loads((headline / "results.json").read_text())["header"]["settings"]
+def run_folders(args, model: str, eps: float) -> list[Path]:
+    """The evaluate runs of the ensemble at ``eps``: our attacks, then the paper's (the headline's at eps 8)."""
+    headline = [args.out / model, paper_folder(args.out, model)]
+    if eps == HEADLINE_EPS and all((f / "results.json").exists() for f in headline):
+        settings = json.loads((headline[0] / "results.json").read_text())["header"]["settings"]
         if settings["steps"] == args.steps and settings["generator"] == args.generator and settings["eps"] == eps:
             return headline
-    return args.out / "eps-sweep" / model / f"eps{eps:g}"
+    return [args.out / "eps-sweep" / model / f"eps{eps:g}", paper_folder(args.out / "eps-sweep", model) / f"eps{eps:g}"]
 
 
 def run_sweep(args) -> None:
-    """One evaluate per model and epsilon not yet complete, one after another (each on args.processes)."""
+    """Per model and epsilon, the evaluate runs not yet complete, one after another (each on args.processes)."""
     for model in args.models:
         for eps in args.eps:
-            folder = run_folder(args, model, eps)
-            if folder == args.out / model:
+            folders = run_folders(args, model, eps)
+            if folders[0] == args.out / model:
                 continue
-            run_jobs([(f"eps-sweep-{model}-eps{eps:g}", evaluate_command(model, args, folder, eps, SWEEP_SUFFIXES))])
+            for folder, attacks, name in zip(folders, (None, PAPER_ATTACK), ("", f"-{PAPER_ATTACK}")):
+                command = evaluate_command(model, args, folder, eps, SWEEP_SUFFIXES, **({"attacks": attacks} if attacks else {}))
+                run_jobs([(f"eps-sweep-{model}-eps{eps:g}{name}", command)])
 
 
 def sweep_curves(args, model: str) -> list[dict]:
     from samdemo.protocol import worst_case_sweep
 
-    entries = {eps: read_entries(run_folder(args, model, eps)) for eps in args.eps}
+    entries = {eps: merge_runs(run_folders(args, model, eps))[1] for eps in args.eps}
     entries = {eps: found[:args.limit] for eps, found in entries.items() if found}
     return worst_case_sweep(entries, ["none", f"{model}-adapter"], "none", seed=0)
 
@@ -80,13 +84,16 @@ def generated_section(args, md: Path) -> str:
     from samdemo.plots import eps_sweep_plot
 
     parts = [BEGIN, ""]
-    for model in args.models:
+    for model in MODELS:  # every model's table, whichever --models this run evaluated
+        if not all(read_entries(folder) for eps in args.eps for folder in run_folders(args, model, eps)):
+            parts += [f"### {model}", "", "(not swept yet: run the command above)", ""]
+            continue
         curves = sweep_curves(args, model)
         folder = args.out / "eps-sweep" / model
         folder.mkdir(parents=True, exist_ok=True)
         images, objects = curves[0]["images"], curves[0]["objects"]
         settings = {"eps255": args.eps, "steps": args.steps, "generator": args.generator, "limit": args.limit,
-                    "prompts": list(PROMPTS), "runs": {f"{e:g}": os.path.relpath(run_folder(args, model, e), ROOT)
+                    "prompts": list(PROMPTS), "runs": {f"{e:g}": [os.path.relpath(f, ROOT) for f in run_folders(args, model, e)]
                                                         for e in args.eps}}
         (folder / "sweep.json").write_text(json.dumps({"model": model, "settings": settings, "curves": curves},
                                                       indent=1) + "\n")
@@ -95,7 +102,7 @@ def generated_section(args, md: Path) -> str:
         eps_sweep_plot(curves, {"none": "original model", f"{model}-adapter": "adapter (adaptive + transfer)"},
                        title=f"{model}: worst case per object, {args.steps} {args.generator.upper()} steps, "
                              f"{images} test scenes", prompts=list(PROMPTS)).savefig(figure, dpi=110)
-        swept = [run_folder(args, model, e) for e in args.eps if run_folder(args, model, e) != args.out / model]
+        swept = [f for e in args.eps for f in run_folders(args, model, e) if args.out / "eps-sweep" in f.parents]
         seconds = [entry.get("seconds", 0) for f in swept for entry in read_entries(f)[:args.limit]]
         rel = lambda p: Path(os.path.relpath(p, md.parent)).as_posix()  # noqa: E731
         parts += [f"### {model}", "",

@@ -129,3 +129,71 @@ def test_the_paper_attacks_effect_on_the_worst_case_counts_the_objects_it_lowers
     assert table[3] == "| adapter | 50.0 -> 50.0 (0 of 2) |"
     with pytest.raises(ValueError, match="same images"):
         paper_attack_effect(ensemble, paper[:1] + [{"name": "c", "instances": 1, "attacked": []}], ["box"])
+
+
+def test_a_sweep_of_one_model_keeps_the_other_models_table(tmp_path):
+    """scripts/eps_sweep.py --models M rewrites the whole generated section: every model's table stays."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import eps_sweep
+
+    prompts = ("point", "box", "coarse-mask")
+
+    def entry(name, attack, original_iou, adapter_iou):
+        rows = [dict(row(defense, mode, attack, [iou], evaluated_with=t))
+                for t in prompts for defense, mode, iou in [("none", "white-box", original_iou),
+                                                            ("sam-small-adapter", "adaptive", adapter_iou)]]
+        return {"name": name, "instances": 1, "attacked": rows,
+                "clean": {d: {t: [0.8] for t in prompts} for d in ("none", "sam-small-adapter")}}
+
+    # our attacks and the paper's: one ensemble per epsilon (at 8 the paper's sets the original's worst case)
+    for eps, ours, paper in [(2, (0.5, 0.6), (0.7, 0.7)), (8, (0.2, 0.3), (0.1, 0.9))]:
+        for folder, attack, ious in [(tmp_path / "eps-sweep" / "sam-small", "mask", ours),
+                                     (tmp_path / "eps-sweep" / "paper-attack" / "sam-small", "key-channel", paper)]:
+            (folder / f"eps{eps}").mkdir(parents=True)
+            lines = [{"settings": {"attacks": [attack]}}, entry("a", attack, *ious)]
+            (folder / f"eps{eps}" / "per_image.jsonl").write_text("\n".join(json.dumps(e) for e in lines))
+    assert eps_sweep.main(["--tables-only", "--models", "sam2-small", "--eps", "2,8", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "### sam-small" in text and "| 2 | 50.0 / 60.0 / +10.0" in text and "| 8 | 10.0 / 30.0 / +20.0" in text
+    assert "### sam2-small\n\n(not swept yet" in text
+    assert (tmp_path / "eps-sweep" / "sam-small" / "eps_sweep_sam-small.png").exists()
+
+
+def test_runs_of_other_attacks_merge_into_one_ensemble_and_nothing_else_does(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_results import ensemble_records, merge_runs
+
+    defenses = [{"label": "none", "method": "none", "ref": None, "digest": None}]
+    settings = {"model": "sam-small", "adapters": [], "data": "scenes", "attacks": ["mask"], "prompts": ["box"],
+                "eps": 8.0, "steps": 100, "generator": "apgd", "seed": 0, "max_instances": 4, "max_side": 1024,
+                "restarts": 1, "defenses": defenses}
+
+    def write(name, settings, iou, images=("a",)):
+        folder = tmp_path / name
+        folder.mkdir()
+        entries = [{"name": n, "instances": 1, "clean": {"none": {"box": [0.9]}},
+                    "attacked": [row("none", "white-box", settings["attacks"][0], [iou])]} for n in images]
+        (folder / "per_image.jsonl").write_text("\n".join(json.dumps(e) for e in [{"settings": settings}, *entries]))
+        return folder
+
+    ours = write("ours", settings, 0.5)
+    paper = write("paper", settings | {"attacks": ["key-channel"]}, 0.2)
+    merged_settings, entries = merge_runs([ours, paper])
+    assert merged_settings["attacks"] == ["mask", "key-channel"]
+    assert [r["attack"] for r in entries[0]["attacked"]] == ["mask", "key-channel"]
+    worst = next(r for r in ensemble_records(merged_settings, entries) if r["mode"] == "worst-case")
+    assert worst["miou_gt"] == pytest.approx(0.2) and worst["clean_miou_gt"] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="more than its attacks: eps"):
+        merge_runs([ours, write("other-eps", settings | {"attacks": ["key-channel"], "eps": 4.0}, 0.2)])
+    with pytest.raises(ValueError, match="same images"):
+        merge_runs([ours, write("other-images", settings | {"attacks": ["key-channel"]}, 0.2, images=("b",))])
+    with pytest.raises(ValueError, match="no evaluate run"):
+        merge_runs([ours, tmp_path / "missing"])

@@ -30,9 +30,10 @@ INTRO_MD = """# samdemo · adversarial robustness lab for Segment Anything
 Click the image to prompt SAM, then attack it with an invisible perturbation and compare the
 **original** model with the **robust** one (the same model with a small trained adapter).
 Measured honestly (100-step adaptive attacks, worst case per object, docs/RESULTS.md), the adapters
-lift the worst case on points and boxes from 2-3 % to 10-13 % mIoU on sam2-small (+8 / +9 points;
-clean 55 / 64 %) and from 12-13 % to 18-27 % on sam-small (+6 / +15; clean 47 / 55 %): the attacks
-still win, the robust model makes them work harder. Try the *adaptive* target to see how far it holds.
+lift the worst case on points and boxes from 2-4 % to 10-11 % mIoU on sam2-small (+8 / +8 points;
+clean 55 / 64 %) and from 3-8 % to 17-26 % on sam-small (+14 / +18, of which up to 6 also come from
+merely changing the weights; clean 47 / 55 %): the attacks still win, the robust model makes them
+work harder. Try the *adaptive* target to see how far it holds.
 """
 PROMPT_HELP_MD = """**Prompts:** pick a mode, then click the image. *Positive* points mark the object, *negative*
 points what is not part of it, a *box* takes two clicks (opposite corners), a *mask* is painted
