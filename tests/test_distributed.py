@@ -35,4 +35,15 @@ def test_two_processes_train_like_one(tmp_path):
     assert one_losses == pytest.approx(two_losses, rel=1e-3)
     assert one_losses[0] != one_losses[-1]  # it did train
     for name, weight in one_weights.items():
-        assert torch.allclose(weight, two_weights[name], atol=1e-5), name
+        other = two_weights[name]
+        # A key projection's bias adds q.b to every logit of a query, which the softmax cancels: its gradient is
+        # rounding noise, which Adam scales up to steps of about the learning rate, differently in one and two
+        # processes. Those parameters do not change the model's output; they are compared loosely.
+        if name.endswith("k_proj.bias"):
+            assert torch.allclose(weight, other, atol=1e-4), name
+            continue
+        if name.endswith("attn.qkv.bias"):  # q, k and v biases stacked: k is the middle third
+            third = len(weight) // 3
+            assert torch.allclose(weight[third:2 * third], other[third:2 * third], atol=1e-4), name
+            weight, other = torch.cat([weight[:third], weight[2 * third:]]), torch.cat([other[:third], other[2 * third:]])
+        assert torch.allclose(weight, other, atol=1e-5), name
