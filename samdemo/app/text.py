@@ -30,8 +30,8 @@ INTRO_MD = """# samdemo · adversarial robustness lab for Segment Anything
 Click the image to prompt SAM, then attack it with an invisible perturbation and compare the
 **original** model with the **robust** one (the same model with a small trained adapter).
 Measured honestly (100-step adaptive attacks, worst case per object, docs/RESULTS.md), the adapters
-lift the worst case on points and boxes from 2-4 % to 10-11 % mIoU on sam2-small (+8 / +8 points;
-clean 55 / 64 %) and from 3-8 % to 17-26 % on sam-small (+14 / +18, of which up to 6 also come from
+lift the worst case on points and boxes from 2-4 % to 12-15 % mIoU on sam2-small (+10 / +12 points;
+clean 56 / 64 %) and from 3-8 % to 17-26 % on sam-small (+14 / +18, of which up to 6 also come from
 merely changing the weights; clean 47 / 55 %): the attacks still win, the robust model makes them
 work harder. Try the *adaptive* target to see how far it holds.
 """
