@@ -197,3 +197,56 @@ def test_runs_of_other_attacks_merge_into_one_ensemble_and_nothing_else_does(tmp
         merge_runs([ours, write("other-images", settings | {"attacks": ["key-channel"]}, 0.2, images=("b",))])
     with pytest.raises(ValueError, match="no evaluate run"):
         merge_runs([ours, tmp_path / "missing"])
+
+
+def test_restart_check_compares_object_by_object_with_the_headline(tmp_path):
+    """scripts/restart_check.py --tables-only: the worst case of the headline, of the restart run and of both (per
+    object the lower), the objects the restarts lowered, the adapter's gains; a run of other settings is refused."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import restart_check
+    import shutil
+
+    base = {"model": "sam-small", "adapters": ["checkpoints/sam-small-adapter"], "data": "scenes", "prompts": ["box"],
+            "eps": 8.0, "steps": 100, "generator": "apgd", "seed": 0, "max_instances": 4, "max_side": 1024,
+            "defenses": [{"label": "none"}, {"label": "sam-small-adapter"}]}
+
+    def write(folder, settings, attack, original, adapter, control=None):
+        folder.mkdir(parents=True)
+        rows = [row("none", "white-box", attack, original), row("sam-small-adapter", "adaptive", attack, adapter)]
+        if control:  # the headline also has the controls: left out of the comparison
+            rows.append(row("sam-small-adapter-shuffled", "adaptive", attack, control))
+        entry = {"name": "a", "instances": 2, "attacked": rows,
+                 "clean": {d: {"box": [0.8, 0.8]} for d in ("none", "sam-small-adapter")}}
+        (folder / "per_image.jsonl").write_text(json.dumps({"settings": settings}) + "\n" + json.dumps(entry) + "\n")
+
+    headline = base | {"attacks": ["mask"], "restarts": 1}
+    write(tmp_path / "sam-small", headline, "mask", [0.4, 0.6], [0.5, 0.5], control=[0.0, 0.0])
+    write(tmp_path / "paper-attack" / "sam-small", headline | {"attacks": ["key-channel"]}, "key-channel",
+          [0.5, 0.5], [0.6, 0.6])
+    restarted = base | {"attacks": ["mask"], "restarts": 2}
+    write(tmp_path / "restarts" / "sam-small", restarted, "mask", [0.1, 0.6], [0.5, 0.48])
+    write(tmp_path / "restarts" / "paper-attack" / "sam-small", restarted | {"attacks": ["key-channel"]},
+          "key-channel", [0.5, 0.7], [0.6, 0.6])
+    assert restart_check.main(["--model", "sam-small", "--tables-only", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "restarts" / "sam-small" / "restarts.json").read_text())
+    worst = {r["defense"]: r for r in saved["worst_case"]}
+    # the original: headline per object (0.4, 0.5), restarts (0.1, 0.6), both (0.1, 0.5); one object lowered
+    assert worst["none"]["1 restart"] == pytest.approx(0.45) and worst["none"]["restarts"] == pytest.approx(0.35)
+    assert worst["none"]["both"] == pytest.approx(0.3) and worst["none"]["lowered"] == 1
+    # the adapter: 0.48 < 0.5 by less than the threshold
+    assert worst["sam-small-adapter"]["both"] == pytest.approx(0.49) and worst["sam-small-adapter"]["lowered"] == 0
+    assert set(worst) == {"none", "sam-small-adapter"}  # the control is not compared
+    assert saved["gains"]["both"]["box"]["gain"] == pytest.approx(0.19)
+    assert "| original model | box | 45.0 | 35.0 | 30.0 | 1 of 2 |" in (
+        tmp_path / "restarts" / "sam-small" / "restarts.md").read_text()
+
+    shutil.rmtree(tmp_path / "restarts")
+    write(tmp_path / "restarts" / "sam-small", restarted | {"eps": 4.0}, "mask", [0.1, 0.6], [0.5, 0.48])
+    write(tmp_path / "restarts" / "paper-attack" / "sam-small", restarted | {"eps": 4.0, "attacks": ["key-channel"]},
+          "key-channel", [0.5, 0.7], [0.6, 0.6])
+    with pytest.raises(SystemExit, match="differ from the headline in eps"):
+        restart_check.main(["--model", "sam-small", "--tables-only", "--out", str(tmp_path)])
