@@ -31,9 +31,9 @@ Click the image to prompt SAM, then attack it with an invisible perturbation and
 **original** model with the **robust** one (the same model with a small trained adapter).
 Measured honestly (100-step adaptive attacks, worst case per object, docs/RESULTS.md), the adapters
 lift the worst case on points and boxes from 2-4 % to 12-15 % mIoU on sam2-small (+10 / +12 points;
-clean 56 / 64 %) and from 3-8 % to 17-26 % on sam-small (+14 / +18, of which up to 6 also come from
-merely changing the weights; clean 47 / 55 %): the attacks still win, the robust model makes them
-work harder. Try the *adaptive* target to see how far it holds.
+clean 56 / 64 %) and from 3-7 % to 17-27 % on sam-small (+14 / +20, of which 7-11 also come from
+fine-tuning the same values without attacks; clean 47 / 55 %): the attacks still win, the robust
+model makes them work harder. Try the *adaptive* target to see how far it holds.
 """
 PROMPT_HELP_MD = """**Prompts:** pick a mode, then click the image. *Positive* points mark the object, *negative*
 points what is not part of it, a *box* takes two clicks (opposite corners), a *mask* is painted
