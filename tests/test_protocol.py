@@ -250,3 +250,26 @@ def test_restart_check_compares_object_by_object_with_the_headline(tmp_path):
           "key-channel", [0.5, 0.7], [0.6, 0.6])
     with pytest.raises(SystemExit, match="differ from the headline in eps"):
         restart_check.main(["--model", "sam-small", "--tables-only", "--out", str(tmp_path)])
+
+
+def test_compare_defenses_gives_paired_gains_between_any_two_defenses(tmp_path, capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_defenses
+
+    rows = [row("none", "white-box", "mask", [0.1, 0.3]), row("a", "adaptive", "mask", [0.5, 0.5]),
+            row("a", "transfer", "mask", [0.4, 0.9]), row("b", "adaptive", "mask", [0.6, 0.6])]
+    entry = {"name": "x", "instances": 2, "attacked": rows,
+             "clean": {d: {"box": [0.8, 0.8]} for d in ("none", "a", "b")}}
+    (tmp_path / "per_image.jsonl").write_text(json.dumps({"settings": {"seed": 0}}) + "\n" + json.dumps(entry) + "\n")
+    assert compare_defenses.main([str(tmp_path), "--reference", "a", "--out", str(tmp_path / "t.md")]) == 0
+    text = (tmp_path / "t.md").read_text()
+    # worst case per object: a (0.4, 0.5) -> 45.0, b 60.0, none 20.0; gains over a only
+    assert "| a | 80.0 / 45.0 |" in text and "| b | a | +15.0 [+15.0, +15.0] |" in text
+    assert "| none | a | -25.0 [-25.0, -25.0] |" in text and "| a | b |" not in text
+    with pytest.raises(SystemExit) as exit_info:
+        compare_defenses.main([str(tmp_path), "--reference", "c"])
+    assert exit_info.value.code == 2 and "no defense c in the run" in capsys.readouterr().err
