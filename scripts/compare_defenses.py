@@ -3,6 +3,13 @@ validation scenes against the shipped adapter and its controls.
 
     python scripts/compare_defenses.py docs/results/sam-small-300-adv3-validation
     python scripts/compare_defenses.py RUN_DIR --reference sam-small-adapter
+    python scripts/compare_defenses.py docs/results/sam-small-300-adv3-validation runs/val-candidate
+
+Several runs that differ only in their adapters (the same images, objects, attacks, budget and seed) are
+compared as one: a candidate is evaluated with the original model alone and compared with the shipped adapter
+and its controls from an earlier run, at half the cost. The defenses the runs share (the original model at
+least) must agree record for record, which they do at the same thread count (docs/METHOD.md, "Evaluation
+protocol"); otherwise the runs are refused.
 
 Per defense: clean and worst-case mIoU per prompt type (the worst case per object over every attack row of the
 run, ``samdemo.protocol``); then, for each reference (default: every defense of the run), every other defense's
@@ -21,6 +28,63 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_results import fmt, fmt_gain, read_entries, run_settings  # noqa: E402
+
+_PER_DEFENSE = ("clean", "grey")
+
+
+def merge_defense_runs(folders: list[Path]) -> tuple[dict, list[dict]]:
+    """One run from evaluate runs that differ only in their defenses: the first run's settings with every run's
+    defenses, and per image every run's records. ValueError where the runs differ in anything else, are not on
+    the same images, give one label to two different adapters, or disagree on a defense they share."""
+    settings = [run_settings(f) for f in folders]
+    if None in settings:
+        raise ValueError(f"no evaluate run in {folders[settings.index(None)]}")
+    if len(folders) == 1:
+        return settings[0], read_entries(folders[0])
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("adapters", "defenses")}  # noqa: E731
+    merged_settings = dict(settings[0])
+    digests = {d["label"]: d["digest"] for d in settings[0]["defenses"]}
+    for folder, other in zip(folders[1:], settings[1:]):
+        if strip(other) != strip(settings[0]):
+            changed = sorted(k for k in strip(other).keys() | strip(settings[0]).keys()
+                             if strip(other).get(k) != strip(settings[0]).get(k))
+            raise ValueError(f"{folder} differs from {folders[0]} in more than its adapters: {', '.join(changed)}")
+        for defense in other["defenses"]:
+            if digests.setdefault(defense["label"], defense["digest"]) != defense["digest"]:
+                raise ValueError(f"two different adapters are labelled {defense['label']} in {folder} and "
+                                 f"{folders[0]}: rename one folder")
+            if defense not in merged_settings["defenses"]:
+                merged_settings["defenses"] = merged_settings["defenses"] + [defense]
+                merged_settings["adapters"] = merged_settings["adapters"] + [defense["ref"]]
+    runs = [{e["name"]: e for e in read_entries(f)} for f in folders]
+    if any(sorted(run) != sorted(runs[0]) for run in runs[1:]):
+        raise ValueError(f"the runs in {', '.join(map(str, folders))} are not on the same images")
+    entries = []
+    for name in sorted(runs[0]):
+        entry = {k: (dict(v) if k in _PER_DEFENSE else v) for k, v in runs[0][name].items()}
+        if not entry["instances"]:
+            entries.append(entry)
+            continue
+        entry["attacked"] = list(entry["attacked"])
+        for folder, run in zip(folders[1:], runs[1:]):
+            other = run[name]
+            rows = {}
+            for row in other["attacked"]:
+                rows.setdefault(row["defense"], []).append(row)
+            for defense in other["clean"]:
+                shared = defense in entry["clean"]
+                mine = [row for row in entry["attacked"] if row["defense"] == defense]
+                if shared and (any(entry[k][defense] != other[k][defense] for k in _PER_DEFENSE if k in other)
+                               or mine != rows.get(defense, [])):
+                    raise ValueError(f"{name}: {folder} and {folders[0]} disagree on {defense} (another thread "
+                                     f"count or code version?)")
+                if not shared:
+                    for key in _PER_DEFENSE:
+                        if key in other:
+                            entry[key][defense] = other[key][defense]
+                    entry["attacked"] += rows.get(defense, [])
+        entries.append(entry)
+    return merged_settings, entries
 
 
 def comparison(entries: list[dict], references: list[str] | None, seed: int) -> str:
@@ -61,15 +125,14 @@ def comparison(entries: list[dict], references: list[str] | None, seed: int) -> 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="an evaluate --out folder")
+    parser.add_argument("runs", type=Path, nargs="+", metavar="run",
+                        help="an evaluate --out folder; several that differ only in their adapters are merged")
     parser.add_argument("--reference", action="append", help="compare with this defense only (repeatable)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
-    settings = run_settings(args.run)
-    if settings is None:
-        parser.exit(2, f"error: no evaluate run in {args.run}\n")
     try:
-        text = comparison(read_entries(args.run), args.reference, settings["seed"])
+        settings, entries = merge_defense_runs(args.runs)
+        text = comparison(entries, args.reference, settings["seed"])
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     print(text, end="")

@@ -273,3 +273,52 @@ def test_compare_defenses_gives_paired_gains_between_any_two_defenses(tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         compare_defenses.main([str(tmp_path), "--reference", "c"])
     assert exit_info.value.code == 2 and "no defense c in the run" in capsys.readouterr().err
+
+
+def test_compare_defenses_merges_runs_that_differ_only_in_their_adapters(tmp_path, capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_defenses
+
+    def defense(label, digest):
+        return {"label": label, "method": "svd", "ref": f"runs/{label}", "digest": digest}
+
+    def write(folder, labels, attacked, original=(0.1, 0.3), digest="d1"):
+        folder.mkdir()
+        settings = {"seed": 0, "steps": 100, "adapters": [f"runs/{label}" for label in labels],
+                    "defenses": [{"label": "none", "method": "none", "ref": None, "digest": None}]
+                    + [defense(label, digest) for label in labels]}
+        rows = [row("none", "white-box", "mask", list(original))] + [
+            row(label, "adaptive", "mask", values) for label, values in zip(labels, attacked)]
+        entry = {"name": "x", "instances": 2, "attacked": rows,
+                 "clean": {d: {"box": [0.8, 0.8]} for d in ("none", *labels)},
+                 "grey": {d: {"box": [0.0, 0.0]} for d in ("none", *labels)}}
+        (folder / "per_image.jsonl").write_text(json.dumps({"settings": settings}) + "\n" + json.dumps(entry) + "\n")
+        return str(folder)
+
+    shipped = write(tmp_path / "shipped", ["a"], [[0.5, 0.5]])
+    candidate = write(tmp_path / "candidate", ["b"], [[0.6, 0.7]])
+    assert compare_defenses.main([shipped, candidate, "--reference", "a"]) == 0
+    text = capsys.readouterr().out
+    assert "| b | a | +15.0 [+15.0, +15.0] |" in text and "| none | a | -30.0 [-30.0, -30.0] |" in text
+    # the original model's records differ (another thread count): the runs are not comparable
+    other = write(tmp_path / "other", ["b"], [[0.6, 0.7]], original=(0.1, 0.2))
+    with pytest.raises(SystemExit) as exit_info:
+        compare_defenses.main([shipped, other])
+    assert exit_info.value.code == 2 and "disagree on none" in capsys.readouterr().err
+    # one label for two different adapters
+    clash = write(tmp_path / "clash", ["a"], [[0.6, 0.7]], digest="d2")
+    with pytest.raises(SystemExit) as exit_info:
+        compare_defenses.main([shipped, clash])
+    assert "two different adapters are labelled a" in capsys.readouterr().err
+    # another budget
+    settings_line, entry_line = Path(candidate, "per_image.jsonl").read_text().splitlines()
+    settings = json.loads(settings_line)
+    settings["settings"]["steps"] = 10
+    Path(candidate, "per_image.jsonl").write_text(json.dumps(settings) + "\n" + entry_line + "\n")
+    with pytest.raises(SystemExit):
+        compare_defenses.main([shipped, candidate])
+    assert "in more than its adapters: steps" in capsys.readouterr().err
