@@ -31,7 +31,8 @@ Files in ``--out``:
 
 * ``per_image.jsonl`` (under torchrun: ``per_image.rank<r>.jsonl``, one per process, same format): line 1
   ``{"settings": {...}}``, then one line per image:
-  ``{"name", "instances", "seconds", "threads" (torch's intra-op threads), "clean": {defense: {type: [IoU vs GT per instance]}}, "grey": (same),
+  ``{"name", "instances", "seconds", "threads" (torch's intra-op threads), "cpu" (the vector instructions torch
+  uses, ``torch.backends.cpu.get_cpu_capability()``: "AVX2", "AVX512", ...), "clean": {defense: {type: [IoU vs GT per instance]}}, "grey": (same),
   "attacked": [{"defense", "mode", "attack", "crafted_with", "evaluated_with", "iou_gt": [...],
   "iou_clean": [...]}]}`` (or ``{"name", "instances": 0, "skipped": reason}``). A rerun with the
   same settings skips the images already there (``--limit`` may change; every log in ``--out`` counts, whatever
@@ -55,9 +56,11 @@ step; :func:`evaluate_images`). Each image keeps its own seed, loss, best iterat
 not depend on B (not a setting: a run may be resumed with another B); an image's ``seconds`` is its share of its
 group's time.
 
-Reproducibility: with the same settings and thread count an image's entry is the same bit for bit. Another thread
-count rounds differently, and a 100-step sign-gradient attack can amplify that into another outcome on an image
-where the attack is near a tipping point (``threads`` in each entry says which count made it).
+Reproducibility: with the same settings and thread count, on a CPU with the same vector instructions, an image's
+entry is the same bit for bit. Another thread count or instruction set (AVX2 / AVX512) rounds differently, and a
+100-step sign-gradient attack amplifies that: attacked IoUs move by a few points on most objects, and on an image
+where the attack is near a tipping point it can end elsewhere (``threads`` and ``cpu`` in each entry say what made
+it; ``scripts/compare_defenses.py`` refuses to merge runs whose shared records differ).
 
 Scale out: ``torchrun --nproc-per-node N -m samdemo evaluate ...`` (several nodes through torchrun's
 rendezvous). The processes join a gloo group (barriers only; ``samdemo.distributed``), each runs on
@@ -419,9 +422,10 @@ def evaluate(defenses: list[Defense], dataset, settings: Settings, out: Path, li
             seconds = round((time.perf_counter() - start) / len(samples), 3)  # each image's share of its group
             for sample in samples:
                 entry = next(measured) if len(sample.masks) else {"instances": 0, "skipped": "no instance"}
-                # the thread count changes float rounding, which the attacks' sign steps can amplify: a rerun
-                # reproduces an image bit for bit only with the same count
-                entry = {"name": sample.name} | entry | {"seconds": seconds, "threads": torch.get_num_threads()}
+                # the thread count and the CPU's vector instructions change float rounding, which the attacks'
+                # sign steps can amplify: a rerun reproduces an image bit for bit only with the same of both
+                entry = {"name": sample.name} | entry | {"seconds": seconds, "threads": torch.get_num_threads(),
+                                                         "cpu": torch.backends.cpu.get_cpu_capability()}
                 log.write(json.dumps(entry) + "\n")
                 done[sample.name] = entry
             log.flush()

@@ -76,8 +76,10 @@ def merge_defense_runs(folders: list[Path]) -> tuple[dict, list[dict]]:
                 mine = [row for row in entry["attacked"] if row["defense"] == defense]
                 if shared and (any(entry[k][defense] != other[k][defense] for k in _PER_DEFENSE if k in other)
                                or mine != rows.get(defense, [])):
-                    raise ValueError(f"{name}: {folder} and {folders[0]} disagree on {defense} (another thread "
-                                     f"count or code version?)")
+                    made = lambda e: f"{e.get('threads', '?')} thread(s), {e.get('cpu', 'an unrecorded CPU')}"  # noqa: E731
+                    raise ValueError(f"{name}: {folder} ({made(other)}) and {folders[0]} ({made(entry)}) disagree on "
+                                     f"{defense}: runs are comparable only with the same thread count, CPU "
+                                     f"instructions and code; evaluate the defenses together")
                 if not shared:
                     for key in _PER_DEFENSE:
                         if key in other:

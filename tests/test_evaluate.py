@@ -176,6 +176,7 @@ def test_end_to_end_with_adapter_and_resume(tmp_path, capsys, crafted):
     log = lines(out / evaluate.LOG_FILE)
     assert len(log) == 3 and json.loads(log[0])["settings"]["adapters"] == [str(ADAPTER)]
     assert all(json.loads(line)["threads"] == torch.get_num_threads() for line in log[1:])
+    assert all(json.loads(line)["cpu"] == torch.backends.cpu.get_cpu_capability() for line in log[1:])
 
     # the same settings again: every image is done, nothing is crafted, the same records come out
     crafted.clear()
@@ -259,7 +260,7 @@ def test_batch_images_give_the_same_records(tmp_path, crafted):
     assert len(crafted) == 2 * 3 * (4 + 4)  # per run and image: 4 rows on the model, 4 on the adapter
 
     def entries(out):
-        return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "threads")} for line in lines(out / evaluate.LOG_FILE)]
+        return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "threads", "cpu")} for line in lines(out / evaluate.LOG_FILE)]
 
     def records(out):
         return json.loads((out / "results.json").read_text())["records"]
