@@ -49,8 +49,9 @@ images=[H x W x 3 uint8 arrays], progress=fn, cancel=event)``: label-free images
 (:class:`ImageData`, the same path as a folder), ``progress(step, total, stage=text)`` and a
 ``threading.Event`` that stops training within a step.
 
-Defaults are the recipe of the shipped adapters, sized for sam-small / sam2-small on the 2-core
-CPU box: 300 steps of 4 scenes at lr 0.05 (measured 3.0-3.9 s per step on one core while two
+Defaults are sized for sam-small / sam2-small on the 2-core CPU box (the shipped adapters' own recipes, chosen on
+validation scenes, differ: a spread budget, lr 0.02, adv weight 2, and for sam-small ``--attack-steps 8``; each
+adapter_config.json holds its command's settings and docs/RESULTS.md the commands): 300 steps of 4 scenes at lr 0.05 (measured 3.0-3.9 s per step on one core while two
 runs shared the machine, plus ~20 s per held-out evaluation of 16 scenes with a 10-step attack,
 4 of them): about 17 / 21 minutes. lr 0.005 (the first shipped recipe) barely moved the spectrum
 (~5 % in 150 steps) and gave no measurable gain; 0.05 moves it by tens of percent without

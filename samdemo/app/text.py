@@ -31,7 +31,7 @@ Click the image to prompt SAM, then attack it with an invisible perturbation and
 **original** model with the **robust** one (the same model with a small trained adapter).
 Measured honestly (100-step adaptive attacks, worst case per object, docs/RESULTS.md), the adapters
 lift the worst case on points and boxes from 2-4 % to 12-15 % mIoU on sam2-small (+10 / +12 points;
-clean 56 / 64 %) and from 3-7 % to 17-27 % on sam-small (+14 / +20, of which 7-11 also come from
+clean 56 / 64 %) and from 3-8 % to 20-30 % on sam-small (+17 / +23, of which 6-10 also come from
 fine-tuning the same values without attacks; clean 47 / 55 %): the attacks still win, the robust
 model makes them work harder. Try the *adaptive* target to see how far it holds.
 """
