@@ -61,7 +61,13 @@ def run_sweep(args) -> None:
 def sweep_curves(args, model: str) -> list[dict]:
     from samdemo.protocol import worst_case_sweep
 
-    entries = {eps: merge_runs(run_folders(args, model, eps))[1] for eps in args.eps}
+    merged = {eps: merge_runs(run_folders(args, model, eps)) for eps in args.eps}
+    adapters = {eps: [(d["label"], d.get("digest")) for d in settings.get("defenses", [])]
+                for eps, (settings, _) in merged.items() if settings.get("defenses")}
+    if len({tuple(a) for a in adapters.values()}) > 1:  # e.g. a new shipped adapter, the sweep not yet rerun
+        raise SystemExit(f"error: {model}'s runs evaluate other adapters at different budgets "
+                         f"({', '.join(f'{e:g}/255' for e in adapters)}); rerun the sweep for the shipped adapter")
+    entries = {eps: found for eps, (_, found) in merged.items()}
     entries = {eps: found[:args.limit] for eps, found in entries.items() if found}
     return worst_case_sweep(entries, ["none", f"{model}-adapter"], "none", seed=0)
 

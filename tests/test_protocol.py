@@ -160,6 +160,17 @@ def test_a_sweep_of_one_model_keeps_the_other_models_table(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "### sam-small" in text and "| 2 | 50.0 / 60.0 / +10.0" in text and "| 8 | 10.0 / 30.0 / +20.0" in text
     assert "### sam2-small\n\n(not swept yet" in text
+
+    # a new adapter at one budget, the old one at another: refused, not drawn as one curve
+    for eps, digest, run in [(e, d, r) for e, d in [(2, "old"), (8, "new")] for r in ("", "paper-attack")]:
+        log = tmp_path / "eps-sweep" / run / "sam-small" / f"eps{eps}" / "per_image.jsonl"
+        lines = log.read_text().splitlines()
+        settings = json.loads(lines[0])
+        settings["settings"]["defenses"] = [{"label": "none", "digest": None},
+                                            {"label": "sam-small-adapter", "digest": digest}]
+        log.write_text("\n".join([json.dumps(settings), *lines[1:]]))
+    with pytest.raises(SystemExit, match="other adapters at different budgets"):
+        eps_sweep.main(["--tables-only", "--models", "sam2-small", "--eps", "2,8", "--out", str(tmp_path)])
     assert (tmp_path / "eps-sweep" / "sam-small" / "eps_sweep_sam-small.png").exists()
 
 
